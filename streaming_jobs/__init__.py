@@ -1,0 +1,1 @@
+"""Spark Structured Streaming jobs: Kafka -> bronze -> silver -> gold Hudi tables."""

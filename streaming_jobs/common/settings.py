@@ -1,0 +1,486 @@
+"""Typed settings for the whole pipeline, from `conf/*.yaml` and the environment.
+
+This is the one place that knows the configuration: the file format of
+`conf/pipeline.yaml` and `conf/symbols.yaml`, the defaults, which environment
+variables override what, and every path derived from them (state directory,
+table and checkpoint roots for each storage profile). The producer, the Spark
+jobs, the infra scripts (through `python -m streaming_jobs.common.settings
+shell`) and the tests all read it from here, so a port or a path is decided
+once.
+
+Everything is validated at load time: unknown keys, wrong types, bad symbol
+or stream names and impossible values raise `ConfigError` naming the file (or
+the environment variable) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from streaming_jobs.common.strict import ConfigError, load
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".state"
+
+# The documented local default for the loopback MinIO. It only ever applies
+# when MINIO_ROOT_USER / MINIO_ROOT_PASSWORD are both unset AND the S3
+# endpoint is on loopback; anything else must bring its credentials in the
+# environment.
+LOCAL_S3_USER = "lakehouse"
+LOCAL_S3_PASSWORD = "lakehouse-local-only"
+
+# One Kafka topic per stream type (plus the producer's quarantine topic).
+STREAM_TYPES = ("trade", "aggTrade", "kline", "ticker", "depth", "bookTicker")
+TOPIC_KEYS = (*STREAM_TYPES, "quarantine")
+LAYERS = ("bronze", "silver", "gold")
+
+KLINE_INTERVALS = (
+    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w",
+    "1M",
+)  # fmt: skip
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{5,20}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DURATION_RE = re.compile(r"^[1-9][0-9]* (millisecond|second|minute|hour|day)s?$")
+_STREAM_RE = re.compile(
+    r"^(trade|aggTrade|ticker|bookTicker"
+    r"|kline_(?P<interval>[0-9]+[smhdwM])"
+    r"|depth(5|10|20)(@100ms)?)$"
+)
+
+
+def _check_duration(value: str, what: str) -> None:
+    if not _DURATION_RE.match(value):
+        raise ValueError(f"{what} {value!r} is not a duration like '10 seconds' or '1 minute'")
+
+
+def _check_port(value: int, what: str) -> None:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{what} {value} is not a TCP port (1-65535)")
+
+
+def stream_kind(stream: str) -> str:
+    """The stream type (topic key) of a per-symbol stream suffix: kline_1m -> kline."""
+    match = _STREAM_RE.match(stream)
+    if match is None:
+        raise ValueError(
+            f"unknown stream {stream!r}: expected trade, aggTrade, kline_<interval>, ticker, "
+            "depth5|depth10|depth20 (optionally @100ms) or bookTicker"
+        )
+    interval = match.group("interval")
+    if interval is not None and interval not in KLINE_INTERVALS:
+        raise ValueError(f"unknown kline interval {interval!r} in stream {stream!r}")
+    return "kline" if interval else re.sub(r"[0-9]+(@100ms)?$", "", stream)
+
+
+# --- conf/pipeline.yaml -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicesSettings:
+    """Where the local services listen: loopback unless configured otherwise."""
+
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    minio_port: int = 9000
+    minio_console_port: int = 9001
+    prometheus_port: int = 9090
+    producer_metrics_port: int = 8000
+    scrape_interval: str = "5s"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_port"):
+                _check_port(getattr(self, f.name), f.name)
+        if not re.match(r"^[1-9][0-9]*(ms|s|m)$", self.scrape_interval):
+            raise ValueError(f"scrape_interval {self.scrape_interval!r} is not like '5s'")
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    name: str
+    partitions: int = 1
+    retention_hours: int = 168
+    # 1 on the single local broker; 3 on a real cluster.
+    replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        if not _TOPIC_RE.match(self.name):
+            raise ValueError(f"topic name {self.name!r} may only use letters, digits, . _ -")
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {self.partitions}")
+        if self.retention_hours < 1:
+            raise ValueError(f"retention_hours must be at least 1, got {self.retention_hours}")
+        if self.replication_factor < 1:
+            raise ValueError(
+                f"replication_factor must be at least 1, got {self.replication_factor}"
+            )
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    topics: dict[str, TopicSettings]
+    # None: the local broker started by `make up` (services.host:kafka_port).
+    bootstrap_servers: str | None = None
+
+    def __post_init__(self) -> None:
+        missing = [k for k in TOPIC_KEYS if k not in self.topics]
+        unknown = [k for k in self.topics if k not in TOPIC_KEYS]
+        if unknown:
+            raise ValueError(f"topics: unknown stream type {unknown[0]!r} (known: {TOPIC_KEYS})")
+        if missing:
+            raise ValueError(f"topics: missing {', '.join(missing)}")
+        names = [t.name for t in self.topics.values()]
+        if len(set(names)) != len(names):
+            raise ValueError("topics: two stream types share one topic name")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where tables and checkpoints live, per profile (STORAGE=local|minio)."""
+
+    profile: Literal["local", "minio"] = "local"
+    # local: relative to the state directory unless absolute.
+    local_root: str = "lake"
+    s3_bucket: str = "lakehouse"
+    # None: the local MinIO started by `make up` (http://services.host:minio_port).
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{2,62}$", self.s3_bucket):
+            raise ValueError(f"s3_bucket {self.s3_bucket!r} is not a valid bucket name")
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """One long-running streaming query (a spark-submit)."""
+
+    trigger: str
+    ui_port: int
+    watermark: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_duration(self.trigger, "trigger")
+        if self.watermark is not None:
+            _check_duration(self.watermark, "watermark")
+        _check_port(self.ui_port, "ui_port")
+
+
+@dataclass(frozen=True)
+class StreamingSettings:
+    bronze: LayerSettings
+    silver: LayerSettings
+    gold: LayerSettings
+    sql_ui_port: int = 4043
+
+    def __post_init__(self) -> None:
+        _check_port(self.sql_ui_port, "sql_ui_port")
+        ports = [self.bronze.ui_port, self.silver.ui_port, self.gold.ui_port, self.sql_ui_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"every layer needs its own Spark UI port, got {ports}")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    kafka: KafkaSettings
+    storage: StorageSettings
+    streaming: StreamingSettings
+    services: ServicesSettings = field(default_factory=ServicesSettings)
+
+
+# --- conf/symbols.yaml ------------------------------------------------------
+
+
+def _check_streams(streams: tuple[str, ...]) -> None:
+    if not streams:
+        raise ValueError("streams must not be empty")
+    for stream in streams:
+        stream_kind(stream)
+    if len(set(streams)) != len(streams):
+        raise ValueError(f"streams lists a stream twice: {list(streams)}")
+
+
+@dataclass(frozen=True)
+class SymbolDefaults:
+    streams: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_streams(self.streams)
+
+
+@dataclass(frozen=True)
+class SymbolEntry:
+    name: str
+    # 1 = core market (subscribed first, watched closest), 2 = major, 3 = watch list.
+    tier: int = 2
+    enabled: bool = True
+    # None: defaults.streams.
+    streams: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not _SYMBOL_RE.match(self.name):
+            raise ValueError(
+                f"symbol {self.name!r} is not a Binance spot symbol (upper-case letters and "
+                "digits, e.g. BTCUSDT)"
+            )
+        if self.tier not in (1, 2, 3):
+            raise ValueError(f"tier must be 1, 2 or 3, got {self.tier}")
+        if self.streams is not None:
+            _check_streams(self.streams)
+
+
+@dataclass(frozen=True)
+class SymbolsFile:
+    defaults: SymbolDefaults
+    symbols: list[SymbolEntry]
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.symbols]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"symbols: {duplicates[0]} is listed twice")
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """An active symbol with the streams the producer subscribes to."""
+
+    name: str
+    tier: int
+    streams: tuple[str, ...]
+
+    def stream_names(self) -> tuple[str, ...]:
+        """Binance's combined-stream names: lower-case symbol @ stream."""
+        return tuple(f"{self.name.lower()}@{s}" for s in self.streams)
+
+
+# --- the assembled settings -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key: str
+    secret_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a component needs, resolved: no further defaults downstream."""
+
+    conf_dir: Path
+    state_dir: Path
+    pipeline: PipelineSettings
+    symbols: tuple[Symbol, ...]
+
+    @property
+    def services(self) -> ServicesSettings:
+        return self.pipeline.services
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        configured = self.pipeline.kafka.bootstrap_servers
+        return configured or f"{self.services.host}:{self.services.kafka_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        configured = self.pipeline.storage.s3_endpoint
+        return configured or f"http://{self.services.host}:{self.services.minio_port}"
+
+    @property
+    def storage_profile(self) -> str:
+        return self.pipeline.storage.profile
+
+    def topic(self, kind: str) -> TopicSettings:
+        return self.pipeline.kafka.topics[kind]
+
+    def layer(self, name: str) -> LayerSettings:
+        if name not in LAYERS:
+            raise KeyError(f"unknown layer {name!r}; expected one of {LAYERS}")
+        settings: LayerSettings = getattr(self.pipeline.streaming, name)
+        return settings
+
+    @property
+    def lake_root(self) -> str:
+        """Root URI of the lake for the active storage profile."""
+        storage = self.pipeline.storage
+        if storage.profile == "minio":
+            return f"s3a://{storage.s3_bucket}"
+        root = Path(storage.local_root)
+        return (root if root.is_absolute() else self.state_dir / root).as_uri()
+
+    def table_path(self, table: str) -> str:
+        return f"{self.lake_root}/tables/{table}"
+
+    def checkpoint_path(self, query: str) -> str:
+        return f"{self.lake_root}/checkpoints/{query}"
+
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def s3_credentials(self, environ: Mapping[str, str] | None = None) -> S3Credentials:
+        env = os.environ if environ is None else environ
+        user, password = env.get("MINIO_ROOT_USER"), env.get("MINIO_ROOT_PASSWORD")
+        if user and password:
+            return S3Credentials(user, password)
+        if user or password:
+            raise ConfigError(
+                "environment", "MINIO_ROOT_USER/MINIO_ROOT_PASSWORD", "set both or neither"
+            )
+        host = re.sub(r"^https?://|[:/].*$", "", self.s3_endpoint)
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return S3Credentials(LOCAL_S3_USER, LOCAL_S3_PASSWORD)
+        raise ConfigError(
+            "environment",
+            "MINIO_ROOT_USER/MINIO_ROOT_PASSWORD",
+            f"required for the non-local S3 endpoint {self.s3_endpoint}",
+        )
+
+
+# Environment variable -> (setting path in pipeline.yaml, type of the value).
+PIPELINE_ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": (("kafka", "bootstrap_servers"), str),
+    "STORAGE": (("storage", "profile"), Literal["local", "minio"]),
+    "S3_ENDPOINT": (("storage", "s3_endpoint"), str),
+    "S3_BUCKET": (("storage", "s3_bucket"), str),
+    "LAKE_HOST": (("services", "host"), str),
+}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), "", f"not valid YAML: {err}") from None
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _active_symbols(
+    parsed: SymbolsFile, source: str, environ: Mapping[str, str]
+) -> tuple[Symbol, ...]:
+    by_name = {s.name: s for s in parsed.symbols}
+    raw = environ.get("ACTIVE_SYMBOLS", "").strip()
+    if raw:
+        # ACTIVE_SYMBOLS picks the active set; a symbol missing from the file is
+        # allowed (it gets the default streams) but must still be a valid name.
+        entries = []
+        for name in (n.strip() for n in raw.split(",")):
+            if not name:
+                continue
+            entry = by_name.get(name)
+            if entry is None:
+                entry = load(SymbolEntry, {"name": name}, "environment ACTIVE_SYMBOLS", name)
+            entries.append(entry)
+        if not entries:
+            raise ConfigError("environment ACTIVE_SYMBOLS", "", "names no symbol")
+    else:
+        entries = [s for s in parsed.symbols if s.enabled]
+        if not entries:
+            raise ConfigError(source, "symbols", "no symbol is enabled")
+    return tuple(
+        Symbol(e.name, e.tier, e.streams if e.streams is not None else parsed.defaults.streams)
+        for e in sorted(entries, key=lambda e: (e.tier, e.name))
+    )
+
+
+def load_settings(
+    conf_dir: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load and validate conf/pipeline.yaml and conf/symbols.yaml with env overrides."""
+    env = os.environ if environ is None else environ
+    conf = Path(conf_dir or env.get("LAKE_CONF_DIR") or DEFAULT_CONF_DIR)
+
+    pipeline_file = conf / "pipeline.yaml"
+    raw_pipeline = _read_yaml(pipeline_file)
+    if not isinstance(raw_pipeline, dict):
+        raise ConfigError(str(pipeline_file), "", "expected a mapping at the top level")
+    pipeline = load(PipelineSettings, raw_pipeline, str(pipeline_file))
+    for var, (path, tp) in PIPELINE_ENV_OVERRIDES.items():
+        if env.get(var):
+            value = load(tp, env[var], f"environment {var}")
+            _set_path(raw_pipeline, path, value)
+            pipeline = load(
+                PipelineSettings, raw_pipeline, f"{pipeline_file} (with {var}={env[var]})"
+            )
+
+    symbols_file = conf / "symbols.yaml"
+    parsed_symbols = load(SymbolsFile, _read_yaml(symbols_file), str(symbols_file))
+    symbols = _active_symbols(parsed_symbols, str(symbols_file), env)
+
+    state_dir = Path(env.get("STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+    return Settings(conf_dir=conf, state_dir=state_dir, pipeline=pipeline, symbols=symbols)
+
+
+def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """`export` lines for the infra scripts, so shell and Python share one config."""
+    s = settings.services
+    creds = settings.s3_credentials(environ)
+    values = {
+        "STATE_DIR": str(settings.state_dir),
+        "LAKE_HOST": s.host,
+        "KAFKA_PORT": s.kafka_port,
+        "KAFKA_CONTROLLER_PORT": s.kafka_controller_port,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "MINIO_PORT": s.minio_port,
+        "MINIO_CONSOLE_PORT": s.minio_console_port,
+        "S3_ENDPOINT": settings.s3_endpoint,
+        "S3_BUCKET": settings.pipeline.storage.s3_bucket,
+        "STORAGE": settings.storage_profile,
+        "PROMETHEUS_PORT": s.prometheus_port,
+        "PRODUCER_METRICS_PORT": s.producer_metrics_port,
+        "SCRAPE_INTERVAL": s.scrape_interval,
+        "SPARK_UI_PORTS": " ".join(str(settings.layer(name).ui_port) for name in LAYERS),
+        "MINIO_ROOT_USER": creds.access_key,
+        "MINIO_ROOT_PASSWORD": creds.secret_key,
+    }
+    return "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in values.items())
+
+
+def main(argv: list[str]) -> int:
+    """`check` validates the config; `shell` prints exports for the infra scripts."""
+    command = argv[0] if argv else "check"
+    try:
+        settings = load_settings()
+        if command == "shell":
+            print(shell_exports(settings))
+        elif command == "check":
+            names = ", ".join(s.name for s in settings.symbols)
+            print(
+                f"config OK: {settings.conf_dir} (symbols: {names}; storage: "
+                f"{settings.storage_profile} at {settings.lake_root})"
+            )
+        else:
+            print("usage: python -m streaming_jobs.common.settings [check|shell]", file=sys.stderr)
+            return 2
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
