@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Start, stop and report the local services as one stack.
+#   infra/services.sh up [SERVICE...]     start in order (default: all), each awaited healthy
+#   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
+#   infra/services.sh status              one line per service; exit 1 if any is down
+# Services: kafka minio prometheus.
+source "$(dirname "$0")/lib.sh"
+
+ALL=(kafka minio prometheus)
+INFRA="$ROOT/infra"
+
+port_of() {
+  case $1 in
+    kafka) echo "$LAKE_HOST:$KAFKA_PORT" ;;
+    minio) echo "$LAKE_HOST:$MINIO_PORT" ;;
+    prometheus) echo "$LAKE_HOST:$PROMETHEUS_PORT" ;;
+  esac
+}
+
+check_names() {
+  local name known
+  for name in "$@"; do
+    known=0
+    for s in "${ALL[@]}"; do [[ $s == "$name" ]] && known=1; done
+    ((known)) || { echo "unknown service '$name' (known: ${ALL[*]})" >&2; exit 2; }
+  done
+}
+
+cmd=${1:-}
+shift || true
+check_names "$@"
+case "$cmd" in
+  up)
+    services=("${@:-${ALL[@]}}")
+    [[ $# -gt 0 ]] || services=("${ALL[@]}")
+    for s in "${services[@]}"; do
+      if ! "$INFRA/$s.sh" start; then
+        echo "up: $s failed to start (log: $(log_path "$s")); stopping what was started" >&2
+        "$0" down "${services[@]}" >/dev/null 2>&1 || true
+        exit 1
+      fi
+    done
+    ;;
+  down)
+    services=("$@")
+    [[ $# -gt 0 ]] || services=("${ALL[@]}")
+    rc=0
+    for ((i = ${#services[@]} - 1; i >= 0; i--)); do
+      "$INFRA/${services[i]}.sh" stop || rc=1
+    done
+    exit $rc
+    ;;
+  status)
+    down=0
+    printf '%-12s %-6s %-8s %-10s %-22s %s\n' SERVICE STATE PID UPTIME ADDRESS LOG
+    for s in "${ALL[@]}"; do
+      state=down pid=- uptime=-
+      if pid=$("$INFRA/$s.sh" status 2>/dev/null); then
+        uptime=$(ps -o etime= -p "$pid" | tr -d ' ')
+        if "$INFRA/$s.sh" health >/dev/null 2>&1; then state=up; else state=sick; fi
+      else
+        pid=-
+      fi
+      [[ $state == up ]] || down=1
+      printf '%-12s %-6s %-8s %-10s %-22s %s\n' "$s" "$state" "$pid" "$uptime" "$(port_of "$s")" "$(log_path "$s")"
+    done
+    exit $down
+    ;;
+  *) echo "usage: $0 up|down|status [SERVICE...]" >&2; exit 2 ;;
+esac
