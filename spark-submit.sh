@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run one layer of the pipeline (or a SQL query on the lake) with spark-submit.
+#
+#   ./spark-submit.sh bronze|silver|gold [args...]   long-running streaming query
+#   ./spark-submit.sh sql "SELECT ..."                query the lake, CSV on stdout
+#
+# Passes the jars (jars/lib), conf/spark-defaults.conf, the log config, the
+# master (SPARK_MASTER, default local[2]) and the storage profile (STORAGE=
+# local|minio), then runs streaming_jobs.<layer>. Each layer gets its own
+# Spark UI port (conf/pipeline.yaml) and app name lakehouse-<layer>.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY="$ROOT/.venv/bin/python"
+LAYERS="bronze silver gold sql"
+
+usage() {
+  echo "usage: $0 <bronze|silver|gold|sql> [args...]" >&2
+  exit 2
+}
+[[ $# -ge 1 ]] || usage
+layer=$1
+shift
+[[ " $LAYERS " == *" $layer "* ]] || { echo "spark-submit: unknown layer '$layer'" >&2; usage; }
+[[ -x "$PY" ]] || { echo "spark-submit: $PY missing: run 'make setup' first" >&2; exit 1; }
+cd "$ROOT"
+
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('streaming_jobs.$layer') is None)"; then
+  echo "spark-submit: streaming_jobs.$layer does not exist yet in this checkout" >&2
+  exit 1
+fi
+
+# Settings as exports (validates the config first: a bad key stops here).
+exports=$("$PY" -m streaming_jobs.common.settings shell) || exit 78
+eval "$exports"
+# S3A reads credentials from the environment (never from a --conf value).
+export AWS_ACCESS_KEY_ID="$MINIO_ROOT_USER" AWS_SECRET_ACCESS_KEY="$MINIO_ROOT_PASSWORD"
+export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-$LAKE_HOST}"
+
+mapfile -t conf_args < <("$PY" -m streaming_jobs.common.spark "$layer")
+[[ ${#conf_args[@]} -gt 0 ]] || exit 1
+
+submit=("$ROOT/.venv/bin/spark-submit"
+  --master "${SPARK_MASTER:-local[2]}"
+  --properties-file "$ROOT/conf/spark-defaults.conf"
+  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
+  "${conf_args[@]}"
+  "$ROOT/streaming_jobs/launch.py" "$layer")
+
+if [[ $layer != sql ]]; then
+  exec "${submit[@]}" "$@"
+fi
+# spark-submit merges the Python driver's stderr into its stdout, so the
+# query writes its CSV to a file and everything else goes to stderr.
+out=$(mktemp "${TMPDIR:-/tmp}/lakehouse-sql.XXXXXX")
+trap 'rm -f "$out"' EXIT
+"${submit[@]}" --output "$out" "$@" >&2
+cat "$out"

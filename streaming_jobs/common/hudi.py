@@ -1,0 +1,92 @@
+"""Hudi tables: each table's key, ordering and partitioning declared once, and the I/O.
+
+A `HudiTable` is the single declaration of a table (record key, ordering
+field, partition columns, table type). Every write goes through
+`write_options()`, so the options that decide correctness (upsert by key,
+the ordering field that makes a replayed or late record resolve
+deterministically, hive-style partition paths) cannot drift between jobs.
+
+Traps this module exists to avoid (see ../shared/docs/stack.md):
+- The Hudi streaming sink turns every output mode but `append` into an
+  overwrite that deletes the table: jobs write through `foreachBatch` with
+  `upsert_batch`, which is idempotent by record key.
+- The ordering field is `hoodie.table.ordering.fields` from Hudi 1.1 on; the
+  record with the larger ordering value wins whatever the arrival order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pyspark.sql import DataFrame, SparkSession
+
+HUDI_FORMAT = "hudi"
+
+
+@dataclass(frozen=True)
+class HudiTable:
+    name: str
+    record_key: tuple[str, ...]
+    # The column that decides which version of a key wins (larger wins).
+    ordering: str
+    partition_by: tuple[str, ...] = ()
+    table_type: Literal["COPY_ON_WRITE", "MERGE_ON_READ"] = "COPY_ON_WRITE"
+
+    def __post_init__(self) -> None:
+        if not self.record_key:
+            raise ValueError(f"table {self.name}: record_key must name at least one column")
+
+
+def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]:
+    """The Hudi writer options for one table; the only place they are assembled."""
+    partitioned = bool(table.partition_by)
+    key_generator = (
+        "org.apache.hudi.keygen.ComplexKeyGenerator"
+        if partitioned
+        else "org.apache.hudi.keygen.NonpartitionedKeyGenerator"
+    )
+    return {
+        "hoodie.table.name": table.name,
+        "hoodie.datasource.write.table.type": table.table_type,
+        "hoodie.datasource.write.operation": operation,
+        "hoodie.datasource.write.recordkey.field": ",".join(table.record_key),
+        "hoodie.table.ordering.fields": table.ordering,
+        "hoodie.datasource.write.partitionpath.field": ",".join(table.partition_by),
+        "hoodie.datasource.write.hive_style_partitioning": "true",
+        "hoodie.datasource.write.keygenerator.class": key_generator,
+        # A failed batch must fail the query (and be retried from the
+        # checkpoint), never be skipped.
+        "hoodie.datasource.write.streaming.ignore.failed.batch": "false",
+        # Keep enough commits for downstream streaming readers (hudi#7778).
+        "hoodie.clean.commits.retained": "50",
+        "hoodie.keep.min.commits": "60",
+        "hoodie.keep.max.commits": "80",
+    }
+
+
+def upsert_batch(df: DataFrame, table: HudiTable, path: str) -> None:
+    """Upsert a (micro-)batch by record key; replaying it changes nothing."""
+    (df.write.format(HUDI_FORMAT).options(**write_options(table)).mode("append").save(path))
+
+
+def read_table(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.format(HUDI_FORMAT).load(path)
+
+
+def list_tables(spark: SparkSession, tables_root: str) -> dict[str, str]:
+    """Name -> path of every Hudi table (a folder holding .hoodie) under tables_root."""
+    jvm = spark.sparkContext._jvm
+    if jvm is None:
+        raise RuntimeError("list_tables needs a SparkSession with a live JVM")
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    root = jvm.org.apache.hadoop.fs.Path(tables_root)
+    fs = root.getFileSystem(hadoop_conf)
+    if not fs.exists(root):
+        return {}
+    tables = {}
+    for status in fs.listStatus(root):
+        path = status.getPath()
+        if status.isDirectory() and fs.exists(jvm.org.apache.hadoop.fs.Path(path, ".hoodie")):
+            tables[path.getName()] = path.toString()
+    return dict(sorted(tables.items()))

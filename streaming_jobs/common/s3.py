@@ -1,0 +1,137 @@
+"""A minimal S3 client (AWS Signature V4, standard library only) for the lake bucket.
+
+Spark reaches MinIO through S3A; this module is for the few calls made
+outside Spark: creating the lake bucket when MinIO starts and listing objects
+in tests and status reports. It signs requests with the credentials from
+`Settings.s3_credentials()` and path-style URLs, as MinIO expects.
+
+`python -m streaming_jobs.common.s3 ensure-bucket` creates the configured
+bucket if it does not exist (used by infra/minio.sh).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+from streaming_jobs.common.settings import S3Credentials, load_settings
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+class S3Error(RuntimeError):
+    pass
+
+
+class S3Client:
+    def __init__(self, endpoint: str, credentials: S3Credentials, region: str = "us-east-1"):
+        self.endpoint = endpoint.rstrip("/")
+        self.credentials = credentials
+        self.region = region
+
+    def _request(
+        self, method: str, path: str, query: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        url = urllib.parse.urlsplit(self.endpoint + path)
+        now = dt.datetime.now(dt.UTC)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        canonical_query = "&".join(
+            f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(v, safe='')}"
+            for k, v in sorted((query or {}).items())
+        )
+        headers = {
+            "host": url.netloc,
+            "x-amz-content-sha256": _EMPTY_SHA256,
+            "x-amz-date": amz_date,
+        }
+        signed = ";".join(sorted(headers))
+        canonical = "\n".join(
+            [
+                method,
+                urllib.parse.quote(url.path or "/"),
+                canonical_query,
+                "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+                signed,
+                _EMPTY_SHA256,
+            ]
+        )
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        key = ("AWS4" + self.credentials.secret_key).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={self.credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
+        full_url = self.endpoint + path + (f"?{canonical_query}" if canonical_query else "")
+        request = urllib.request.Request(full_url, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except OSError as err:
+            raise S3Error(f"S3 endpoint {self.endpoint} unreachable: {err}") from err
+
+    def bucket_exists(self, bucket: str) -> bool:
+        status, body = self._request("HEAD", f"/{bucket}")
+        if status in (200, 404):
+            return status == 200
+        raise S3Error(f"HEAD /{bucket} answered {status}: {body[:200]!r}")
+
+    def ensure_bucket(self, bucket: str) -> bool:
+        """Create the bucket if missing; True when it was created now."""
+        if self.bucket_exists(bucket):
+            return False
+        status, body = self._request("PUT", f"/{bucket}")
+        if status != 200:
+            raise S3Error(f"creating bucket {bucket} answered {status}: {body[:300]!r}")
+        return True
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key under prefix (follows continuation tokens)."""
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            status, body = self._request("GET", f"/{bucket}", query)
+            if status != 200:
+                raise S3Error(f"listing s3://{bucket}/{prefix} answered {status}: {body[:300]!r}")
+            root = ET.fromstring(body)
+            keys += [el.text or "" for el in root.iter(f"{_NS}Key")]
+            token = root.findtext(f"{_NS}NextContinuationToken")
+            if not token:
+                return keys
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["ensure-bucket"]:
+        print("usage: python -m streaming_jobs.common.s3 ensure-bucket", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    client = S3Client(settings.s3_endpoint, settings.s3_credentials())
+    bucket = settings.pipeline.storage.s3_bucket
+    try:
+        created = client.ensure_bucket(bucket)
+    except S3Error as err:
+        print(f"minio: {err}", file=sys.stderr)
+        return 1
+    print(f"bucket {bucket} {'created' if created else 'exists'} at {settings.s3_endpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,109 @@
+"""The Spark configuration every job and test runs with, decided in one place.
+
+`conf/spark-defaults.conf` holds the static tuning (memory, shuffle
+partitions, serializer, Hudi extensions, metrics). This module adds what is
+derived from the settings: the jars from `jars/lib/`, the app name and Spark
+UI port of each layer, and the S3A settings of the storage profile.
+`./spark-submit.sh` passes the defaults file and `python -m
+streaming_jobs.common.spark <layer>` lines as `--conf`; the tests build their
+session from `session_conf()`, so a job and its test never drift apart.
+
+S3 credentials never appear in a conf value: S3A reads them from
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which spark-submit.sh and the test
+fixture export from the settings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+
+JARS_DIR = PROJECT_ROOT / "jars" / "lib"
+SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
+LOG_CONFIG = PROJECT_ROOT / "conf" / "log4j2.properties"
+APPS = ("bronze", "silver", "gold", "sql")
+
+
+class MissingJarsError(RuntimeError):
+    pass
+
+
+def jar_paths(jars_dir: Path = JARS_DIR) -> list[Path]:
+    jars = sorted(jars_dir.glob("*.jar"))
+    if not jars:
+        raise MissingJarsError(f"no jars in {jars_dir}: run `make setup` (Maven, jars/pom.xml)")
+    return jars
+
+
+def read_spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
+    """Parse a spark-defaults.conf file (whitespace-separated key value lines)."""
+    conf: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf[key] = value.strip()
+    return conf
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """S3A settings for the profile's endpoint (a local MinIO by default)."""
+    endpoint = settings.s3_endpoint
+    prefix = "spark.hadoop.fs.s3a."
+    return {
+        f"{prefix}impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        f"{prefix}endpoint": endpoint,
+        f"{prefix}endpoint.region": "us-east-1",
+        f"{prefix}path.style.access": "true",
+        f"{prefix}connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
+        f"{prefix}aws.credentials.provider": (
+            "com.amazonaws.auth.EnvironmentVariableCredentialsProvider"
+        ),
+        # Fail fast when MinIO is down instead of retrying for minutes.
+        f"{prefix}attempts.maximum": "3",
+        f"{prefix}retry.limit": "3",
+        f"{prefix}connection.establish.timeout": "5000",
+    }
+
+
+def app_conf(settings: Settings, app: str) -> dict[str, str]:
+    """What spark-submit.sh adds to spark-defaults.conf for one app."""
+    if app not in APPS:
+        raise ValueError(f"unknown app {app!r}; expected one of {', '.join(APPS)}")
+    if app == "sql":
+        ui = {"spark.ui.enabled": "false"}  # a one-shot query needs no UI
+    else:
+        ui = {"spark.ui.port": str(settings.layer(app).ui_port)}
+    return {
+        "spark.app.name": f"lakehouse-{app}",
+        "spark.jars": ",".join(str(p) for p in jar_paths()),
+        **ui,
+        **s3a_conf(settings),
+    }
+
+
+def session_conf(settings: Settings, app: str) -> dict[str, str]:
+    """The whole conf of an app: defaults file plus derived values (for in-process sessions)."""
+    return {**read_spark_defaults(), **app_conf(settings, app)}
+
+
+def main(argv: list[str]) -> int:
+    """Print `--conf key=value` argument pairs for spark-submit, one per line."""
+    if len(argv) != 1:
+        print(f"usage: python -m streaming_jobs.common.spark <{'|'.join(APPS)}>", file=sys.stderr)
+        return 2
+    try:
+        conf = app_conf(load_settings(), argv[0])
+    except (ValueError, MissingJarsError) as err:
+        print(f"spark-submit: {err}", file=sys.stderr)
+        return 2
+    for key, value in conf.items():
+        print("--conf")
+        print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,84 @@
+"""`./spark-submit.sh sql "<SQL>"`: query the lake, result as CSV on stdout.
+
+Registers every Hudi table under the storage profile's tables root as a
+temporary view named after its folder (bronze_trades, silver_ohlcv, ...),
+runs the query and writes a header row and the rows as CSV. Logs go to
+stderr, so stdout can be piped or compared by tests and operators.
+
+    ./spark-submit.sh sql "SELECT symbol, count(*) FROM bronze_trades GROUP BY symbol"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import sys
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any, TextIO
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+
+from streaming_jobs.common.hudi import list_tables, read_table
+from streaming_jobs.common.settings import load_settings
+
+
+def csv_value(value: Any) -> str:
+    """One cell as text: exact decimals, ISO-8601 UTC times, true/false, empty for null."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        # Spark hands the driver naive datetimes in the process zone, which
+        # launch.py pins to UTC.
+        return value.isoformat() + ("Z" if value.tzinfo is None else "")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def write_csv(columns: list[str], rows: Iterable[Iterable[Any]], out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_value(v) for v in row])
+
+
+def register_lake_views(spark: SparkSession, tables_root: str) -> list[str]:
+    tables = list_tables(spark, tables_root)
+    for name, path in tables.items():
+        read_table(spark, path).createOrReplaceTempView(name)
+    return list(tables)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="./spark-submit.sh sql")
+    parser.add_argument("query", help="Spark SQL; every lake table is a view under its name")
+    parser.add_argument("--output", help="write the CSV here instead of stdout")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    spark = SparkSession.builder.getOrCreate()
+    try:
+        views = register_lake_views(spark, settings.table_path("").rstrip("/"))
+        print(
+            f"sql: {len(views)} lake table(s) as views: {', '.join(views) or '-'}", file=sys.stderr
+        )
+        try:
+            result = spark.sql(args.query)
+        except AnalysisException as err:
+            print(f"sql: {err}", file=sys.stderr)
+            return 1
+        rows = result.toLocalIterator()
+        if args.output:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                write_csv(result.columns, rows, out)
+        else:
+            write_csv(result.columns, rows, sys.stdout)
+    finally:
+        spark.stop()
+    return 0
