@@ -1,0 +1,103 @@
+# The project's commands. `make setup` installs everything the pipeline and
+# its tests need from the package registries (pip, Maven, the Go module
+# proxy, Debian), idempotent and cached: a second run does nothing.
+#
+#   make setup     venv + project, Spark jars, Kafka broker libs, MinIO, Prometheus
+#   make up        start Kafka, MinIO, Prometheus (state under $(STATE_DIR))
+#   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
+#   make down      stop what `make up` started (pid files only)
+#   make test      the test suite against real services (started and stopped by the tests)
+#   make lint      ruff + mypy
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+include infra/versions.env
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := $(CURDIR)/.tools
+MINIO_BIN := $(TOOLS)/minio/$(MINIO_VERSION)/minio
+KAFKA_LIBS := $(TOOLS)/kafka/libs
+MVN := mvn -q -B -Dstyle.color=never
+STATE_DIR ?= $(CURDIR)/.state
+TEST_STATE_DIR ?= $(STATE_DIR)/test
+PYTEST_ARGS ?=
+export STATE_DIR
+
+.PHONY: help setup up down status test lint jars-streamer clean-state
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+setup: $(VENV)/.installed jars/lib/.resolved $(KAFKA_LIBS)/.resolved $(MINIO_BIN) .tools/.prometheus
+	@echo "setup: done"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Spark's extra jars: exactly the list in jars/pom.xml, no transitive ones.
+jars/lib/.resolved: jars/pom.xml
+	rm -rf jars/lib
+	$(MVN) -f jars/pom.xml dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=lib
+	@touch $@
+
+# Optional peer for `make bench`: HoodieStreamer (not served by every registry).
+jars-streamer:
+	$(MVN) -f jars/pom.xml -P hoodie-streamer dependency:copy-dependencies \
+	  -DexcludeTransitive=true -DincludeArtifactIds=hudi-utilities-slim-bundle_2.12 -DoutputDirectory=lib
+
+# The Kafka broker runtime from Maven artifacts (KRaft; no tarball).
+$(KAFKA_LIBS)/.resolved: infra/kafka/pom.xml
+	rm -rf $(KAFKA_LIBS)
+	$(MVN) -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(KAFKA_LIBS)
+	@touch $@
+
+$(MINIO_BIN):
+	@command -v go >/dev/null || { echo "setup: Go 1.24+ is needed to build MinIO" >&2; exit 1; }
+	GOBIN=$(dir $@) go install github.com/minio/minio@$(MINIO_VERSION)
+
+# Prometheus from Debian's package when the machine has none.
+.tools/.prometheus:
+	@mkdir -p .tools
+	@if ! command -v prometheus >/dev/null; then \
+	  echo "setup: installing prometheus from Debian's packages"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	fi
+	@touch $@
+
+up: setup
+	@infra/services.sh up
+	@eval "$$($(PY) -m streaming_jobs.common.settings shell)"; \
+	echo; \
+	echo "Kafka        $$KAFKA_BOOTSTRAP_SERVERS"; \
+	echo "MinIO (S3)   $$S3_ENDPOINT  (console http://$$LAKE_HOST:$$MINIO_CONSOLE_PORT, bucket $$S3_BUCKET)"; \
+	echo "Prometheus   http://$$LAKE_HOST:$$PROMETHEUS_PORT  (targets: /targets)"; \
+	echo "Spark UIs    bronze/silver/gold on ports $$SPARK_UI_PORTS when their jobs run"; \
+	echo "Logs         $$STATE_DIR/logs/"; \
+	echo "Stop with    make down"
+
+down:
+	@infra/services.sh down
+
+status:
+	@infra/services.sh status
+
+test: setup
+	@rc=0; TEST_STATE_DIR=$(TEST_STATE_DIR) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [[ -d $(TEST_STATE_DIR)/pids ]]; then \
+	  STATE_DIR=$(TEST_STATE_DIR) LAKE_CONF_DIR=$(TEST_STATE_DIR)/conf infra/services.sh down >/dev/null 2>&1 || true; \
+	fi; \
+	exit $$rc
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check producer streaming_jobs tests
+	$(PY) -m ruff format --check producer streaming_jobs tests
+	$(PY) -m mypy
+
+# Deletes tables, checkpoints, topics' data and logs (asks nothing: stop first).
+clean-state:
+	@if infra/services.sh status >/dev/null 2>&1; then echo "clean-state: run 'make down' first" >&2; exit 1; fi
+	rm -rf $(STATE_DIR)
