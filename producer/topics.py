@@ -47,7 +47,7 @@ def admin_client(settings: Settings, timeout_ms: int = 10_000) -> KafkaAdminClie
 
 
 def existing_partitions(admin: KafkaAdminClient) -> dict[str, int]:
-    return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
 
 
 def ensure_topics(settings: Settings) -> list[TopicChange]:
