@@ -17,7 +17,9 @@ from streaming_jobs.common.settings import Settings, load_settings
 def settings_with_quarantine(conf: Path, topic: str, partitions: int) -> Settings:
     pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
     pipeline["kafka"]["topics"]["quarantine"] = {
-        "name": topic, "partitions": partitions, "retention_hours": 2,
+        "name": topic,
+        "partitions": partitions,
+        "retention_hours": 2,
     }
     (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return load_settings(conf)
