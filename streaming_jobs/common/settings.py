@@ -52,11 +52,19 @@ KLINE_INTERVALS = (
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{5,20}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DURATION_RE = re.compile(r"^[1-9][0-9]* (millisecond|second|minute|hour|day)s?$")
-_STREAM_RE = re.compile(
-    r"^(trade|aggTrade|ticker|bookTicker"
-    r"|kline_(?P<interval>[0-9]+[smhdwM])"
-    r"|depth(5|10|20)(@100ms)?)$"
-)
+# Per-symbol stream suffixes by stream type (depth: diff book, depth5/10/20:
+# partial book; both optionally @100ms).
+_STREAM_PATTERNS = {
+    kind: re.compile(pattern)
+    for kind, pattern in {
+        "trade": r"trade",
+        "aggTrade": r"aggTrade",
+        "kline": r"kline_(?P<interval>[0-9]+[smhdwM])",
+        "ticker": r"ticker",
+        "depth": r"depth(5|10|20)?(@100ms)?",
+        "bookTicker": r"bookTicker",
+    }.items()
+}
 
 
 def _check_duration(value: str, what: str) -> None:
@@ -71,16 +79,17 @@ def _check_port(value: int, what: str) -> None:
 
 def stream_kind(stream: str) -> str:
     """The stream type (topic key) of a per-symbol stream suffix: kline_1m -> kline."""
-    match = _STREAM_RE.match(stream)
-    if match is None:
-        raise ValueError(
-            f"unknown stream {stream!r}: expected trade, aggTrade, kline_<interval>, ticker, "
-            "depth5|depth10|depth20 (optionally @100ms) or bookTicker"
-        )
-    interval = match.group("interval")
-    if interval is not None and interval not in KLINE_INTERVALS:
-        raise ValueError(f"unknown kline interval {interval!r} in stream {stream!r}")
-    return "kline" if interval else re.sub(r"[0-9]+(@100ms)?$", "", stream)
+    for kind, pattern in _STREAM_PATTERNS.items():
+        match = pattern.fullmatch(stream)
+        if match is None:
+            continue
+        if kind == "kline" and match.group("interval") not in KLINE_INTERVALS:
+            raise ValueError(f"unknown kline interval {match.group('interval')!r} in {stream!r}")
+        return kind
+    raise ValueError(
+        f"unknown stream {stream!r}: expected trade, aggTrade, kline_<interval>, ticker, "
+        "depth or depth5|depth10|depth20 (optionally @100ms) or bookTicker"
+    )
 
 
 # --- conf/pipeline.yaml -----------------------------------------------------
@@ -192,11 +201,52 @@ class StreamingSettings:
 
 
 @dataclass(frozen=True)
+class ProducerSettings:
+    """The Binance client: endpoints, connection policy, backfill."""
+
+    ws_base_url: str = "wss://stream.binance.com:9443"
+    rest_base_url: str = "https://api.binance.com"
+    # Binance allows 1024 streams per connection.
+    max_streams_per_connection: int = 1024
+    # Binance cuts a connection at 24 h: roll over to a new one before that.
+    rollover_after_s: float = 23 * 3600.0
+    # A connection with no data frame for this long is replaced.
+    watchdog_silence_s: float = 30.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    # Binance's limit is 300 connection attempts per 5 minutes per IP.
+    max_attempts_per_5min: int = 250
+    # Where the last ids per symbol survive a restart (relative to the state dir).
+    state_file: str = "producer/state.json"
+    # Trade gaps are filled from /api/v3/historicalTrades (trade ids).
+    backfill_page_limit: int = 1000
+    # Stop a single gap's backfill after this many records (say so, count it).
+    backfill_max_records: int = 500_000
+
+    def __post_init__(self) -> None:
+        for url, schemes in ((self.ws_base_url, ("ws://", "wss://")),
+                             (self.rest_base_url, ("http://", "https://"))):
+            if not url.startswith(schemes):
+                raise ValueError(f"{url!r} must start with {' or '.join(schemes)}")
+        if not 1 <= self.max_streams_per_connection <= 1024:
+            raise ValueError("max_streams_per_connection must be 1..1024 (Binance's limit)")
+        if not 0 < self.max_attempts_per_5min <= 300:
+            raise ValueError("max_attempts_per_5min must be 1..300 (Binance's limit)")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        if self.rollover_after_s <= 0 or self.watchdog_silence_s <= 0:
+            raise ValueError("rollover_after_s and watchdog_silence_s must be positive")
+        if not 1 <= self.backfill_page_limit <= 1000:
+            raise ValueError("backfill_page_limit must be 1..1000 (Binance's limit)")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     kafka: KafkaSettings
     storage: StorageSettings
     streaming: StreamingSettings
     services: ServicesSettings = field(default_factory=ServicesSettings)
+    producer: ProducerSettings = field(default_factory=ProducerSettings)
 
 
 # --- conf/symbols.yaml ------------------------------------------------------
@@ -328,6 +378,14 @@ class Settings:
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def producer(self) -> ProducerSettings:
+        return self.pipeline.producer
+
+    def producer_state_file(self) -> Path:
+        path = Path(self.producer.state_file)
+        return path if path.is_absolute() else self.state_dir / path
+
     def s3_credentials(self, environ: Mapping[str, str] | None = None) -> S3Credentials:
         env = os.environ if environ is None else environ
         user, password = env.get("MINIO_ROOT_USER"), env.get("MINIO_ROOT_PASSWORD")
@@ -354,6 +412,8 @@ PIPELINE_ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
     "S3_ENDPOINT": (("storage", "s3_endpoint"), str),
     "S3_BUCKET": (("storage", "s3_bucket"), str),
     "LAKE_HOST": (("services", "host"), str),
+    "BINANCE_WS_URL": (("producer", "ws_base_url"), str),
+    "BINANCE_REST_URL": (("producer", "rest_base_url"), str),
 }
 
 

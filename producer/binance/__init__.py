@@ -1,0 +1,1 @@
+"""The exchange side: stream names and connections, WebSocket client, REST backfill."""

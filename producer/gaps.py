@@ -1,0 +1,129 @@
+"""Id continuity per symbol: duplicates, gaps, and the state that survives a restart.
+
+Binance numbers trades (`t`) and aggregate trades (`a`) consecutively per
+symbol, so a jump is a gap to backfill and a repeat is a duplicate (a
+rollover overlap or a replayed frame). Diff-depth updates chain `U` to the
+previous `u`; a break there is counted but cannot be backfilled (a consumer
+resyncs from a snapshot).
+
+Two watermarks per (kind, symbol): the highest id *seen* decides duplicates
+and gaps at run time; the highest id *delivered* (acknowledged by Kafka) is
+what the state file keeps, with the gaps not yet filled. Kafka acknowledges a
+partition in order and all of a symbol's records share a partition (key =
+symbol), so after a crash or `kill -9` the restart backfills from the last
+delivered id: possibly a few duplicates (bronze collapses them by key), never
+a hole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Stream types whose ids are consecutive and can be refetched over REST.
+BACKFILLABLE = ("trade", "aggTrade")
+
+
+@dataclass(frozen=True)
+class Gap:
+    kind: str
+    symbol: str
+    first_id: int  # first missing id
+    last_id: int  # last missing id
+
+    @property
+    def size(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
+class GapTracker:
+    def __init__(self, state_file: Path):
+        self._state_file = state_file
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], int] = {}
+        self._delivered: dict[tuple[str, str], int] = {}
+        self._pending: set[Gap] = set()
+        self._dirty = False
+        self._load()
+
+    def _load(self) -> None:
+        if not self._state_file.exists():
+            return
+        try:
+            state = json.loads(self._state_file.read_text())
+            for key, value in state["delivered"].items():
+                kind, symbol = key.split(":", 1)
+                self._delivered[(kind, symbol)] = int(value)
+            self._pending = {Gap(*gap) for gap in state["pending"]}
+        except (ValueError, KeyError, TypeError) as err:
+            # A corrupt state file must not stop the producer; it costs a
+            # backfill opportunity, so say so loudly.
+            log.error("ignoring unreadable state file %s: %s", self._state_file, err)
+            self._delivered, self._pending = {}, set()
+        self._seen = dict(self._delivered)
+        log.info(
+            "restored last ids for %d series and %d unfilled gaps from %s",
+            len(self._delivered),
+            len(self._pending),
+            self._state_file,
+        )
+
+    def pending_gaps(self) -> list[Gap]:
+        with self._lock:
+            return sorted(self._pending, key=lambda g: (g.kind, g.symbol, g.first_id))
+
+    def observe(
+        self, kind: str, symbol: str, first: int, last: int | None = None
+    ) -> tuple[bool, Gap | None]:
+        """Record ids [first, last] of a live frame: (is new, gap before it if any)."""
+        last = first if last is None else last
+        key = (kind, symbol)
+        with self._lock:
+            previous = self._seen.get(key)
+            if previous is not None and last <= previous:
+                return False, None
+            self._seen[key] = last
+            if previous is None or first <= previous + 1:
+                return True, None
+            gap = Gap(kind, symbol, previous + 1, first - 1)
+            if kind in BACKFILLABLE:
+                self._pending.add(gap)
+                self._dirty = True
+            return True, gap
+
+    def delivered(self, kind: str, symbol: str, last: int) -> None:
+        key = (kind, symbol)
+        with self._lock:
+            if last > self._delivered.get(key, -1):
+                self._delivered[key] = last
+                self._dirty = True
+
+    def filled(self, gap: Gap) -> None:
+        with self._lock:
+            self._pending.discard(gap)
+            self._dirty = True
+
+    def save(self, force: bool = False) -> None:
+        """Write the state atomically (temp file + rename) if anything changed."""
+        with self._lock:
+            if not (self._dirty or force):
+                return
+            state: dict[str, Any] = {
+                "delivered": {f"{k}:{s}": v for (k, s), v in sorted(self._delivered.items())},
+                "pending": [
+                    [g.kind, g.symbol, g.first_id, g.last_id]
+                    for g in sorted(self._pending, key=lambda g: (g.kind, g.symbol, g.first_id))
+                ],
+            }
+            self._dirty = False
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self._state_file)
