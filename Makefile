@@ -3,7 +3,9 @@
 # proxy, Debian), idempotent and cached: a second run does nothing.
 #
 #   make setup     venv + project, Spark jars, Kafka broker libs, MinIO, Prometheus
-#   make up        start Kafka, MinIO, Prometheus (state under $(STATE_DIR))
+#   make up        start Kafka, MinIO, Prometheus and the producer live against Binance
+#   make demo      the same offline: the producer reads the replay exchange serving a real capture
+#                  (CAPTURE=f1[,f2] SPEED=<factor>|max; ONCE=1 plays once, waits, stops, exits 0)
 #   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
 #   make down      stop what `make up` started (pid files only)
 #   make test      the test suite against real services (started and stopped by the tests)
@@ -25,7 +27,7 @@ TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up down status test lint jars-streamer clean-state
+.PHONY: help setup up demo where down status test lint jars-streamer clean-state
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -70,11 +72,24 @@ $(MINIO_BIN):
 
 up: setup
 	@infra/services.sh up
+	@$(MAKE) --no-print-directory where
+
+demo: setup
+	@infra/services.sh up kafka minio prometheus
+	@SPEED=$${SPEED:-$(if $(ONCE),max,1)} infra/replay.sh start
+	@PRODUCER_SOURCE=replay infra/producer.sh start
+	@if [[ -n "$(ONCE)" ]]; then \
+	  rc=0; $(PY) infra/await_demo.py || rc=$$?; \
+	  infra/services.sh down; exit $$rc; \
+	else $(MAKE) --no-print-directory where; fi
+
+where:
 	@eval "$$($(PY) -m streaming_jobs.common.settings shell)"; \
 	echo; \
 	echo "Kafka        $$KAFKA_BOOTSTRAP_SERVERS"; \
 	echo "MinIO (S3)   $$S3_ENDPOINT  (console http://$$LAKE_HOST:$$MINIO_CONSOLE_PORT, bucket $$S3_BUCKET)"; \
 	echo "Prometheus   http://$$LAKE_HOST:$$PROMETHEUS_PORT  (targets: /targets)"; \
+	echo "Producer     http://$$LAKE_HOST:$$PRODUCER_METRICS_PORT/metrics and /health"; \
 	echo "Spark UIs    bronze/silver/gold on ports $$SPARK_UI_PORTS when their jobs run"; \
 	echo "Logs         $$STATE_DIR/logs/"; \
 	echo "Stop with    make down"

@@ -3,10 +3,12 @@
 #   infra/services.sh up [SERVICE...]     start in order (default: all), each awaited healthy
 #   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
 #   infra/services.sh status              one line per service; exit 1 if any is down
-# Services: kafka minio prometheus.
+# Services: kafka minio prometheus producer, and replay (the exchange of
+# `make demo`, only reported when it runs).
 source "$(dirname "$0")/lib.sh"
 
-ALL=(kafka minio prometheus)
+ALL=(kafka minio prometheus replay producer)
+OPTIONAL=" replay "
 INFRA="$ROOT/infra"
 
 port_of() {
@@ -14,6 +16,8 @@ port_of() {
     kafka) echo "$LAKE_HOST:$KAFKA_PORT" ;;
     minio) echo "$LAKE_HOST:$MINIO_PORT" ;;
     prometheus) echo "$LAKE_HOST:$PROMETHEUS_PORT" ;;
+    replay) echo "$LAKE_HOST:$REPLAY_PORT" ;;
+    producer) echo "$LAKE_HOST:$PRODUCER_METRICS_PORT" ;;
   esac
 }
 
@@ -31,8 +35,8 @@ shift || true
 check_names "$@"
 case "$cmd" in
   up)
-    services=("${@:-${ALL[@]}}")
-    [[ $# -gt 0 ]] || services=("${ALL[@]}")
+    services=("$@")
+    [[ $# -gt 0 ]] || services=(kafka minio prometheus producer)
     for s in "${services[@]}"; do
       if ! "$INFRA/$s.sh" start; then
         echo "up: $s failed to start (log: $(log_path "$s")); stopping what was started" >&2
@@ -55,6 +59,9 @@ case "$cmd" in
     printf '%-12s %-6s %-8s %-10s %-22s %s\n' SERVICE STATE PID UPTIME ADDRESS LOG
     for s in "${ALL[@]}"; do
       state=down pid=- uptime=-
+      if [[ $OPTIONAL == *" $s "* ]] && ! "$INFRA/$s.sh" status >/dev/null 2>&1; then
+        continue
+      fi
       if pid=$("$INFRA/$s.sh" status 2>/dev/null); then
         uptime=$(ps -o etime= -p "$pid" | tr -d ' ')
         if "$INFRA/$s.sh" health >/dev/null 2>&1; then state=up; else state=sick; fi

@@ -23,12 +23,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 
 from producer.binance.client import Connection, StreamClient
 from producer.binance.streams import stream_groups
 from producer.metrics import ProducerMetrics
 from producer.service import Producer
+from producer.topics import admin_client
 from streaming_jobs.common.settings import Settings, load_settings
 from streaming_jobs.common.strict import ConfigError
 
@@ -98,12 +99,15 @@ def main(argv: list[str]) -> int:
         Recorder(settings, args.out).run(stop)
         return 0
     try:
+        # kafka-python connects lazily; ask once so a wrong address fails now, clearly.
+        admin = admin_client(settings, timeout_ms=15_000)
+        admin.describe_cluster()
+        admin.close()
         producer = Producer(settings)
-    except NoBrokersAvailable:
-        print(f"kafka at {settings.kafka_bootstrap_servers} is unreachable", file=sys.stderr)
-        return 69
     except KafkaError as err:
-        print(f"kafka at {settings.kafka_bootstrap_servers}: {err!r}", file=sys.stderr)
+        print(
+            f"kafka at {settings.kafka_bootstrap_servers} is unreachable: {err!r}", file=sys.stderr
+        )
         return 69
 
     def stop_producer() -> None:

@@ -49,6 +49,11 @@ class GapTracker:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], int] = {}
         self._delivered: dict[tuple[str, str], int] = {}
+        # In memory: ids still missing, as disjoint [first, last] ranges per
+        # series (live frames of a slower connection and backfill take from it).
+        self._missing: dict[tuple[str, str], list[list[int]]] = {}
+        # Persisted: gaps as detected, until their backfill is acknowledged
+        # whole; a restart refetches them (duplicates, never holes).
         self._pending: set[Gap] = set()
         self._dirty = False
         self._load()
@@ -61,12 +66,15 @@ class GapTracker:
             for key, value in state["delivered"].items():
                 kind, symbol = key.split(":", 1)
                 self._delivered[(kind, symbol)] = int(value)
-            self._pending = {Gap(*gap) for gap in state["pending"]}
+            for kind, symbol, first, last in state["pending"]:
+                gap = Gap(kind, symbol, int(first), int(last))
+                self._pending.add(gap)
+                self._missing.setdefault((kind, symbol), []).append([gap.first_id, gap.last_id])
         except (ValueError, KeyError, TypeError) as err:
-            # A corrupt state file must not stop the producer; it costs a
-            # backfill opportunity, so say so loudly.
+            # A corrupt state file must not stop the producer; the topic tail
+            # (resume.py) still tells where each series stopped.
             log.error("ignoring unreadable state file %s: %s", self._state_file, err)
-            self._delivered, self._pending = {}, set()
+            self._delivered, self._missing, self._pending = {}, {}, set()
         self._seen = dict(self._delivered)
         log.info(
             "restored last ids for %d series and %d unfilled gaps from %s",
@@ -75,6 +83,15 @@ class GapTracker:
             self._state_file,
         )
 
+    def resume_from(self, tail: dict[tuple[str, str], int]) -> None:
+        """Raise the watermarks to what the topics already hold (a stale state file)."""
+        with self._lock:
+            for key, last in tail.items():
+                if last > self._delivered.get(key, -1):
+                    self._delivered[key] = last
+                    self._seen[key] = max(self._seen.get(key, -1), last)
+                    self._dirty = True
+
     def pending_gaps(self) -> list[Gap]:
         with self._lock:
             return sorted(self._pending, key=lambda g: (g.kind, g.symbol, g.first_id))
@@ -82,21 +99,60 @@ class GapTracker:
     def observe(
         self, kind: str, symbol: str, first: int, last: int | None = None
     ) -> tuple[bool, Gap | None]:
-        """Record ids [first, last] of a live frame: (is new, gap before it if any)."""
+        """Record ids [first, last] of a live frame: (is new, gap before it if any).
+
+        An id below the highest seen is new only if it was still missing: the
+        two connections of a rollover deliver the same frames at different
+        paces, and the slower one fills what the faster one skipped ahead of.
+        """
         last = first if last is None else last
         key = (kind, symbol)
         with self._lock:
             previous = self._seen.get(key)
             if previous is not None and last <= previous:
-                return False, None
+                return self._take(key, first), None
             self._seen[key] = last
             if previous is None or first <= previous + 1:
                 return True, None
             gap = Gap(kind, symbol, previous + 1, first - 1)
             if kind in BACKFILLABLE:
+                self._missing.setdefault(key, []).append([gap.first_id, gap.last_id])
                 self._pending.add(gap)
                 self._dirty = True
             return True, gap
+
+    def claim(self, kind: str, symbol: str, record_id: int) -> bool:
+        """For backfill: True (and no longer missing) if record_id is still missing."""
+        with self._lock:
+            return self._take((kind, symbol), record_id)
+
+    def _take(self, key: tuple[str, str], record_id: int) -> bool:
+        ranges = self._missing.get(key)
+        if not ranges:
+            return False
+        for i, (first, last) in enumerate(ranges):
+            if first <= record_id <= last:
+                pieces = [[first, record_id - 1], [record_id + 1, last]]
+                ranges[i : i + 1] = [p for p in pieces if p[0] <= p[1]]
+                if not ranges:
+                    del self._missing[key]
+                return True
+        return False
+
+    def unfilled(self, gap: Gap) -> int:
+        """How many ids of gap are still missing."""
+        with self._lock:
+            return sum(
+                min(last, gap.last_id) - max(first, gap.first_id) + 1
+                for first, last in self._missing.get((gap.kind, gap.symbol), [])
+                if first <= gap.last_id and last >= gap.first_id
+            )
+
+    def filled(self, gap: Gap) -> None:
+        """The gap's backfill is acknowledged by Kafka: stop owing it."""
+        with self._lock:
+            self._pending.discard(gap)
+            self._dirty = True
 
     def delivered(self, kind: str, symbol: str, last: int) -> None:
         key = (kind, symbol)
@@ -104,11 +160,6 @@ class GapTracker:
             if last > self._delivered.get(key, -1):
                 self._delivered[key] = last
                 self._dirty = True
-
-    def filled(self, gap: Gap) -> None:
-        with self._lock:
-            self._pending.discard(gap)
-            self._dirty = True
 
     def save(self, force: bool = False) -> None:
         """Write the state atomically (temp file + rename) if anything changed."""

@@ -23,6 +23,7 @@ from producer.binance.rest import RestClient
 from producer.binance.streams import stream_groups
 from producer.gaps import BACKFILLABLE, GapTracker
 from producer.metrics import MetricsServer, ProducerMetrics
+from producer.resume import topic_tail_ids
 from producer.router import Control, Quarantined, Routed, Router
 from producer.sink import KafkaSink
 from streaming_jobs.common.settings import Settings
@@ -58,6 +59,8 @@ class Producer:
             stop=self._stop,
         )
         self.client = StreamClient(self.groups, cfg, self.on_frame, self.metrics)
+        self._handled = 0
+        self._handled_lock = threading.Lock()
         self._seen_lock = threading.Lock()
         self._seen_in_overlap: dict[str, set[int]] = {}
         self._handlers: dict[type, Callable[..., None]] = {
@@ -71,6 +74,8 @@ class Producer:
     def on_frame(self, raw: bytes, recv_ns: int, conn: Connection) -> None:
         route = self.router.route(raw, recv_ns, conn.conn_id)
         self._handlers[type(route)](route, conn)
+        with self._handled_lock:
+            self._handled += 1
 
     def _quarantine(self, route: Quarantined, conn: Connection) -> None:
         self.metrics.quarantined.labels(route.reason).inc()
@@ -84,14 +89,14 @@ class Producer:
     def _publish(self, route: Routed, conn: Connection) -> None:
         self.metrics.frames_received.labels(route.kind, route.symbol).inc()
         if self._duplicate_in_overlap(route, conn):
-            self.metrics.duplicates.labels(route.kind).inc()
+            self._duplicate(route, conn)
             return
         if route.kind in BACKFILLABLE:
             first_key = "t" if route.kind == "trade" else "a"
             record_id = route.ids[first_key]
             new, gap = self.tracker.observe(route.kind, route.symbol, record_id)
             if not new:
-                self.metrics.duplicates.labels(route.kind).inc()
+                self._duplicate(route, conn)
                 return
             if gap is not None:
                 self.metrics.gaps_detected.labels(route.kind, route.symbol).inc()
@@ -105,6 +110,7 @@ class Producer:
                     conn.conn_id,
                 )
                 self.backfiller.enqueue(gap)
+                self.tracker.save()  # a gap must survive a kill -9 right after it
             kind, symbol = route.kind, route.symbol
             self.sink.send(route.record, lambda: self.tracker.delivered(kind, symbol, record_id))
             return
@@ -112,11 +118,15 @@ class Producer:
             first, last = route.depth_range
             new, gap = self.tracker.observe("depth", route.symbol, first, last)
             if not new:
-                self.metrics.duplicates.labels(route.kind).inc()
+                self._duplicate(route, conn)
                 return
             if gap is not None:
                 self.metrics.gaps_detected.labels("depth", route.symbol).inc()
         self.sink.send(route.record)
+
+    def _duplicate(self, route: Routed, conn: Connection) -> None:
+        self.metrics.duplicates.labels(route.kind).inc()
+        self.client.duplicate_seen(conn)
 
     def _duplicate_in_overlap(self, route: Routed, conn: Connection) -> bool:
         """During a rollover both connections carry the same frames, byte for byte."""
@@ -137,7 +147,14 @@ class Producer:
     # -- lifecycle ------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        return self.client.health()
+        live, detail = self.client.health()
+        # For `make demo ONCE=1` and tests: everything handled is in Kafka.
+        detail.update(
+            frames_handled=self._handled,
+            pending_records=self.sink.pending(),
+            backfill_idle=self.backfiller.idle.is_set(),
+        )
+        return live, detail
 
     def run(self) -> None:
         services = self.settings.services
@@ -153,6 +170,7 @@ class Producer:
             services.host,
             server.port,
         )
+        self.tracker.resume_from(topic_tail_ids(self.settings))
         for gap in self.tracker.pending_gaps():
             self.backfiller.enqueue(gap)
         self.backfiller.start()

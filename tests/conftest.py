@@ -31,6 +31,8 @@ from streaming_jobs.common.spark import session_conf
 PORT_SHIFT = 10000
 TEST_STATE_DIR = Path(os.environ.get("TEST_STATE_DIR", PROJECT_ROOT / ".state" / "test"))
 SERVICES = ("kafka", "minio", "prometheus")
+# Also stopped at the end, should a test have left one running.
+ALL_PROCESSES = (*SERVICES, "replay", "producer")
 SERVICES_SCRIPT = PROJECT_ROOT / "infra" / "services.sh"
 
 
@@ -62,16 +64,22 @@ def private_environ() -> dict[str, str]:
     return env
 
 
-def run_services(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_services(
+    command: str, env: dict[str, str], names: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SERVICES_SCRIPT), command], env=env, text=True, capture_output=True, timeout=300
+        [str(SERVICES_SCRIPT), command, *names],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
     )
 
 
 def _live_service_pids() -> list[str]:
     pid_dir = TEST_STATE_DIR / "pids"
     alive = []
-    for name in SERVICES:
+    for name in ALL_PROCESSES:
         pid_file = pid_dir / f"{name}.pid"
         if pid_file.exists():
             pid = pid_file.read_text().strip()
@@ -104,7 +112,7 @@ def lake_settings(lake_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 def services(lake_env: dict[str, str]) -> Iterator[Settings]:
-    started = run_services("up", lake_env)
+    started = run_services("up", lake_env, SERVICES)
     if started.returncode != 0:
         run_services("down", lake_env)
         pytest.fail(f"services failed to start:\n{started.stdout}\n{started.stderr}")

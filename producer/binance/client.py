@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import websocket
 
@@ -40,6 +40,9 @@ _DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
 _POLL_S = 0.5
 # How long frames are de-duplicated after an overlap ends (in-flight frames).
 _OVERLAP_TAIL_S = 5.0
+# A successor normally takes over as soon as both connections carried the same
+# frame (then nothing can fall between them); on quiet streams, after this.
+_CATCH_UP_TIMEOUT_S = 10.0
 
 
 class Connection(threading.Thread):
@@ -57,6 +60,7 @@ class Connection(threading.Thread):
         self.has_data = threading.Event()  # delivered at least one data frame
         self.opened_at = time.monotonic()
         self.last_data_at = time.monotonic()
+        self.first_data_at = 0.0
         self.pings = 0
         self.frames = 0
         self.cause = ""
@@ -106,7 +110,9 @@ class Connection(threading.Thread):
                 recv_ns = time.time_ns()
                 self.last_data_at = time.monotonic()
                 self.frames += 1
-                self.has_data.set()
+                if not self.has_data.is_set():
+                    self.first_data_at = self.last_data_at
+                    self.has_data.set()
                 self._on_frame(data, recv_ns, self)
             elif opcode == websocket.ABNF.OPCODE_PING:
                 self.pings += 1  # the pong echoing its payload is already sent
@@ -153,7 +159,8 @@ class _GroupState:
     overlap_until: float = 0.0
     generation: int = 0
     shutdown_notice: bool = False
-    closed: list[Connection] = field(default_factory=list)
+    # Both connections of an overlap have carried the same frame.
+    caught_up: bool = False
 
 
 class StreamClient:
@@ -194,6 +201,12 @@ class StreamClient:
             state = self._groups[conn.group.name]
             if state.current is conn:
                 state.shutdown_notice = True
+
+    def duplicate_seen(self, conn: Connection) -> None:
+        """The caller dropped a frame of conn as already seen: an overlap has met."""
+        state = self._groups[conn.group.name]
+        if state.successor is not None:
+            state.caught_up = True
 
     def in_overlap(self, group: str) -> bool:
         state = self._groups[group]
@@ -252,12 +265,19 @@ class StreamClient:
 
     def _tend(self, state: _GroupState, now: float) -> None:
         current, successor = state.current, state.successor
-        # A successor takes over once it delivers data; the old one closes after.
+        # A successor takes over once both connections carried the same frame
+        # (or the old one died, or the streams are too quiet to tell); only
+        # then does the old one close, so nothing falls between the two.
         if successor is not None:
-            if successor.has_data.is_set():
+            old_gone = current is None or not current.is_alive()
+            waited = successor.has_data.is_set() and now - successor.first_data_at
+            if successor.has_data.is_set() and (
+                state.caught_up or old_gone or waited >= _CATCH_UP_TIMEOUT_S
+            ):
                 if current is not None:
                     current.stop(current.cause or "rollover")
                 state.current, state.successor = successor, None
+                state.caught_up = False
                 state.overlap_until = now + _OVERLAP_TAIL_S
                 state.failures = 0
             elif not successor.is_alive():

@@ -106,6 +106,8 @@ class ServicesSettings:
     minio_console_port: int = 9001
     prometheus_port: int = 9090
     producer_metrics_port: int = 8000
+    # The replay exchange of `make demo` (python -m producer.replay).
+    replay_port: int = 9443
     scrape_interval: str = "5s"
 
     def __post_init__(self) -> None:
@@ -512,6 +514,9 @@ def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) 
         "STORAGE": settings.storage_profile,
         "PROMETHEUS_PORT": s.prometheus_port,
         "PRODUCER_METRICS_PORT": s.producer_metrics_port,
+        "REPLAY_PORT": s.replay_port,
+        "BINANCE_WS_URL": settings.producer.ws_base_url,
+        "BINANCE_REST_URL": settings.producer.rest_base_url,
         "SCRAPE_INTERVAL": s.scrape_interval,
         "SPARK_UI_PORTS": " ".join(str(settings.layer(name).ui_port) for name in LAYERS),
         "MINIO_ROOT_USER": creds.access_key,

@@ -138,3 +138,18 @@ def test_1500_streams_need_two_connections() -> None:
         .url("ws://127.0.0.1:1")
         .startswith("ws://127.0.0.1:1/stream?streams=sym0000usdt@trade/sym0000usdt@kline_1m/")
     )
+
+
+def test_a_slower_connection_fills_what_a_faster_one_skipped(tmp_path: Path) -> None:
+    tracker = GapTracker(tmp_path / "state.json")
+    tracker.observe("trade", "BTCUSDT", 100)
+    gap = Gap("trade", "BTCUSDT", 101, 104)
+    assert tracker.observe("trade", "BTCUSDT", 105) == (True, gap)  # the new connection, ahead
+    assert tracker.observe("trade", "BTCUSDT", 102) == (True, None)  # the old one catching up
+    assert tracker.observe("trade", "BTCUSDT", 102) == (False, None)
+    assert tracker.claim("trade", "BTCUSDT", 101) is True  # backfill takes only what is missing
+    assert tracker.claim("trade", "BTCUSDT", 102) is False
+    assert tracker.unfilled(gap) == 2
+    assert tracker.pending_gaps() == [gap]  # owed until its backfill is acknowledged
+    tracker.filled(gap)
+    assert tracker.pending_gaps() == []

@@ -1,0 +1,75 @@
+"""`make demo ONCE=1`: wait until the replayed capture is entirely in Kafka, then report.
+
+Done means: the replay exchange has played every loop, and the producer has
+handled every frame it received, has no record in flight and no backfill
+pending, with its handled count unchanged across two polls. Later layers add
+their own conditions here (bronze, silver, gold caught up). Exits 1 with the
+reason when the deadline (DEMO_TIMEOUT_S, default 1800) passes first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from streaming_jobs.common.settings import load_settings
+
+POLL_S = 1.0
+
+
+def get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:  # /health answers 503 with a body
+        return json.load(err)
+
+
+def main() -> int:
+    settings = load_settings()
+    host, services = settings.services.host, settings.services
+    replay = f"http://{host}:{services.replay_port}/control/status"
+    health = f"http://{host}:{services.producer_metrics_port}/health"
+    deadline = time.monotonic() + float(os.environ.get("DEMO_TIMEOUT_S", "1800"))
+    last_handled, why = -1, "starting"
+    while time.monotonic() < deadline:
+        try:
+            status, producer = get_json(replay), get_json(health)
+        except (OSError, ValueError) as err:
+            why = f"not answering: {err}"
+        else:
+            handled = producer["frames_handled"]
+            drained = producer["pending_records"] == 0 and producer["backfill_idle"]
+            if status["done"] and drained and handled == last_handled:
+                return report(settings, handled)
+            why = (
+                f"replay {'done' if status['done'] else 'playing'}, producer handled {handled}, "
+                f"{producer['pending_records']} in flight"
+            )
+            last_handled = handled
+        time.sleep(POLL_S)
+    print(f"demo: not finished before the deadline ({why})", file=sys.stderr)
+    return 1
+
+
+def report(settings: Any, handled: int) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        print(f"demo: the capture is in Kafka ({handled} frames handled by the producer)")
+        for kind, spec in settings.pipeline.kafka.topics.items():
+            partitions = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+            total = sum(consumer.end_offsets(partitions).values())
+            print(f"  {spec.name:<24} {total:>9} records ({kind})")
+    finally:
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
