@@ -10,6 +10,7 @@
 #   make down      stop what `make up` started (pid files only)
 #   make test      the test suite against real services (started and stopped by the tests)
 #   make lint      ruff + mypy
+#   make bench     benchmarks against their peers, results in docs/BENCHMARKS.md (bench-quick: <5 min)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -27,7 +28,7 @@ TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up demo where down status test lint jars-streamer clean-state
+.PHONY: help setup up demo where down status test bench bench-quick lint jars-streamer clean-state
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -106,6 +107,12 @@ test: setup
 	  STATE_DIR=$(TEST_STATE_DIR) LAKE_CONF_DIR=$(TEST_STATE_DIR)/conf infra/services.sh down >/dev/null 2>&1 || true; \
 	fi; \
 	exit $$rc
+
+bench: setup
+	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
+
+bench-quick: setup
+	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check producer streaming_jobs tests

@@ -1,7 +1,7 @@
 """Entry point: `python -m producer [run]` publishes to Kafka; `record --out FILE` captures.
 
     python -m producer                     # live: conf/ symbols -> Kafka (make up)
-    python -m producer record --out x.gz   # write frames to a capture file instead
+    python -m producer record --out x.gz [--max-frames N]   # a capture file instead
 
 Settings come from conf/ and the environment (BINANCE_WS_URL and
 BINANCE_REST_URL point it at the replay exchange). SIGTERM or SIGINT stop it
@@ -40,13 +40,15 @@ CAPTURE_HEADER = b"# lakehouse capture v1: <receive time ns> <frame as received>
 class Recorder:
     """Writes every data frame as `<recv_ns> <frame>`: the replay exchange reads it back."""
 
-    def __init__(self, settings: Settings, out: Path):
+    def __init__(self, settings: Settings, out: Path, stop: threading.Event, max_frames: int):
         self._out: IO[bytes] = (
             gzip.open(out, "ab") if out.suffix == ".gz" else out.open("ab")  # type: ignore[assignment]  # noqa: SIM115 - closed in run()
         )
         if self._out.tell() == 0:
             self._out.write(CAPTURE_HEADER)
         self._lock = threading.Lock()
+        self._stop = stop
+        self._max_frames = max_frames
         self.frames = 0
         groups = stream_groups(settings.symbols, settings.producer.max_streams_per_connection)
         self.client = StreamClient(groups, settings.producer, self.on_frame, ProducerMetrics())
@@ -54,13 +56,17 @@ class Recorder:
     def on_frame(self, raw: bytes, recv_ns: int, conn: Connection) -> None:
         line = b"%d %s\n" % (recv_ns, raw.replace(b"\n", b" "))
         with self._lock:
+            if self._stop.is_set():
+                return
             self._out.write(line)
             self.frames += 1
+            if self.frames == self._max_frames:
+                self._stop.set()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self) -> None:
         self.client.start()
         try:
-            stop.wait()
+            self._stop.wait()
         finally:
             self.client.stop()
             self._out.close()
@@ -71,6 +77,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m producer")
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "record"])
     parser.add_argument("--out", type=Path, help="capture file for `record` (.gz to compress)")
+    parser.add_argument(
+        "--max-frames", type=int, default=0, help="`record` stops after this many (0: never)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -96,11 +105,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     if args.mode == "record":
-        Recorder(settings, args.out).run(stop)
+        Recorder(settings, args.out, stop, args.max_frames).run()
         return 0
     try:
         # kafka-python connects lazily; ask once so a wrong address fails now, clearly.
-        admin = admin_client(settings, timeout_ms=15_000)
+        admin = admin_client(settings, timeout_ms=8_000)
         admin.describe_cluster()
         admin.close()
         producer = Producer(settings)

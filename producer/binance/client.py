@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import websocket
 
@@ -43,6 +44,26 @@ _OVERLAP_TAIL_S = 5.0
 # A successor normally takes over as soon as both connections carried the same
 # frame (then nothing can fall between them); on quiet streams, after this.
 _CATCH_UP_TIMEOUT_S = 10.0
+
+
+class _ReadAheadWebSocket(websocket.WebSocket):
+    """websocket-client reads a frame with three recv() calls of the exact sizes
+    (header, length, payload); at thousands of frames per second those system
+    calls dominate. This reads up to 64 KiB at a time and serves frames from it
+    (measured in `make bench`)."""
+
+    _READ_AHEAD = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ahead = bytearray()
+
+    def _recv(self, bufsize: int) -> bytes:
+        if not self._ahead:
+            self._ahead += super()._recv(self._READ_AHEAD)  # type: ignore[no-untyped-call]
+        chunk = bytes(self._ahead[:bufsize])
+        del self._ahead[:bufsize]
+        return chunk
 
 
 class Connection(threading.Thread):
@@ -77,7 +98,11 @@ class Connection(threading.Thread):
     def run(self) -> None:
         try:
             ws = websocket.create_connection(
-                self._url, timeout=10, skip_utf8_validation=True, enable_multithread=True
+                self._url,
+                timeout=10,
+                skip_utf8_validation=True,
+                enable_multithread=True,
+                class_=_ReadAheadWebSocket,
             )
         except (websocket.WebSocketException, OSError) as err:
             log.warning("connection %s to %s failed: %s", self.conn_id, self.group.name, err)

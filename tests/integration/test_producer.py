@@ -392,3 +392,48 @@ def test_bad_frames_go_to_quarantine_and_the_loop_goes_on(
     )
     assert sorted(trade_ids(run)) == capture_trade_ids
     assert run.stop() == 0
+
+
+def test_record_mode_writes_a_capture_the_replay_reads_back(
+    make_run: Callable[..., tuple[Run, Any]], capture: Capture, tmp_path: Path
+) -> None:
+    run, replay = make_run()
+    out = tmp_path / "recorded.gz"
+    expected = len(capture.frames)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "record",
+            "--out",
+            str(out),
+            "--max-frames",
+            str(expected),
+        ],
+        env=run.env,
+        cwd=PROJECT_ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.wait(timeout=180) == 0  # stops by itself after max-frames
+    finally:
+        if process.poll() is None:
+            process.kill()
+    recorded = read_capture(out)
+    assert [f.raw for f in recorded.frames] == [f.raw for f in capture.frames]
+    assert all(f.recv_ns > capture.frames[-1].recv_ns for f in recorded.frames)  # our clock
+
+
+def test_unreachable_kafka_is_a_clear_error(tmp_path: Path, lake_env: dict[str, str]) -> None:
+    env = {**lake_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "producer"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 69
+    assert f"kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} is unreachable" in result.stderr
