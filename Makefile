@@ -115,8 +115,8 @@ bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check producer streaming_jobs tests
-	$(PY) -m ruff format --check producer streaming_jobs tests
+	$(PY) -m ruff check producer streaming_jobs tests infra
+	$(PY) -m ruff format --check producer streaming_jobs tests infra
 	$(PY) -m mypy
 
 # Deletes tables, checkpoints, topics' data and logs (asks nothing: stop first).

@@ -226,8 +226,10 @@ class ProducerSettings:
     backfill_max_records: int = 500_000
 
     def __post_init__(self) -> None:
-        for url, schemes in ((self.ws_base_url, ("ws://", "wss://")),
-                             (self.rest_base_url, ("http://", "https://"))):
+        for url, schemes in (
+            (self.ws_base_url, ("ws://", "wss://")),
+            (self.rest_base_url, ("http://", "https://")),
+        ):
             if not url.startswith(schemes):
                 raise ValueError(f"{url!r} must start with {' or '.join(schemes)}")
         if not 1 <= self.max_streams_per_connection <= 1024:

@@ -330,7 +330,8 @@ def write_report(report: dict[str, Any]) -> None:
             "",
             f"{report['date']}, {report['machine']['cores']} cores, "
             f"{report['machine']['memory_gb']} GB, Python {report['machine']['python']}; "
-            f"{report['frames_per_run']:,} frames per run (real BTCUSDT + ETHUSDT capture, looped), "
+            f"{report['frames_per_run']:,} frames per run (real BTCUSDT + ETHUSDT capture, "
+            "looped), "
             f"{report['repetitions']} repetitions; command: `{report['command']}`.",
             "",
             *rows,

@@ -397,7 +397,7 @@ def test_bad_frames_go_to_quarantine_and_the_loop_goes_on(
 def test_record_mode_writes_a_capture_the_replay_reads_back(
     make_run: Callable[..., tuple[Run, Any]], capture: Capture, tmp_path: Path
 ) -> None:
-    run, replay = make_run()
+    run, _replay = make_run()
     out = tmp_path / "recorded.gz"
     expected = len(capture.frames)
     process = subprocess.Popen(
