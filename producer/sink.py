@@ -37,6 +37,7 @@ class KafkaSink:
         *,
         delivery_timeout_ms: int = 120_000,
         linger_ms: int = 5,
+        max_pending: int = 50_000,
     ):
         self._metrics = metrics
         self._dead_letter = dead_letter
@@ -56,11 +57,16 @@ class KafkaSink:
             max_block_ms=24 * 3600 * 1000,
         )
         self._lock = threading.Lock()
+        # kafka-python 3.0 buffers without bound; this bound is the
+        # backpressure: when Kafka falls behind (or is away), send() blocks
+        # the connection thread instead of growing memory until it fails.
+        self._slots = threading.Semaphore(max_pending)
         self._in_flight: dict[int, Record] = {}
         self._next_id = 0
         self._closing = False
 
     def send(self, record: Record, on_delivered: Delivered | None = None) -> None:
+        self._slots.acquire()
         with self._lock:
             token = self._next_id
             self._next_id += 1
@@ -86,6 +92,7 @@ class KafkaSink:
     ) -> None:
         with self._lock:
             self._in_flight.pop(token, None)
+        self._slots.release()
         self._metrics.frames_published.labels(record.topic).inc()
         self._metrics.produce_latency.observe(time.monotonic() - started)
         if on_delivered is not None:

@@ -19,20 +19,23 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import SparkSession
+from pyspark.sql import SparkSession, types as T
 
 from streaming_jobs.common.hudi import list_tables, read_table
 from streaming_jobs.common.settings import load_settings
 
 
-def csv_value(value: Any) -> str:
-    """One cell as text: exact decimals, ISO-8601 UTC times, true/false, empty for null."""
+def csv_value(value: Any, scale: int | None = None) -> str:
+    """One cell as text: decimals at their column's scale, ISO-8601 UTC times, true/false."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        return format(value, "f")
+        # The JVM hands over e.g. 1.0E-8 for 0.00000001 at scale 8: pin the scale.
+        return format(
+            value.quantize(Decimal(1).scaleb(-scale)) if scale is not None else value, "f"
+        )
     if isinstance(value, dt.datetime):
         # Spark hands the driver naive datetimes in the process zone, which
         # launch.py pins to UTC.
@@ -42,11 +45,12 @@ def csv_value(value: Any) -> str:
     return str(value)
 
 
-def write_csv(columns: list[str], rows: Iterable[Iterable[Any]], out: TextIO) -> None:
+def write_csv(schema: T.StructType, rows: Iterable[Iterable[Any]], out: TextIO) -> None:
+    scales = [f.dataType.scale if isinstance(f.dataType, T.DecimalType) else None for f in schema]
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow(schema.names)
     for row in rows:
-        writer.writerow([csv_value(v) for v in row])
+        writer.writerow([csv_value(v, scale) for v, scale in zip(row, scales, strict=True)])
 
 
 def register_lake_views(spark: SparkSession, tables_root: str) -> list[str]:
@@ -76,9 +80,9 @@ def main(argv: list[str]) -> int:
         rows = result.toLocalIterator()
         if args.output:
             with open(args.output, "w", encoding="utf-8", newline="") as out:
-                write_csv(result.columns, rows, out)
+                write_csv(result.schema, rows, out)
         else:
-            write_csv(result.columns, rows, sys.stdout)
+            write_csv(result.schema, rows, sys.stdout)
     finally:
         spark.stop()
     return 0

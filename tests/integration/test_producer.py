@@ -437,3 +437,23 @@ def test_unreachable_kafka_is_a_clear_error(tmp_path: Path, lake_env: dict[str, 
     )
     assert result.returncode == 69
     assert f"kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} is unreachable" in result.stderr
+
+
+def test_stalled_connection_and_server_shutdown(
+    make_run: Callable[..., tuple[Run, Any]], capture_trade_ids: list[int]
+) -> None:
+    run, replay = make_run(speed=20.0, producer={"watchdog_silence_s": 1.5})
+    run.start()
+    await_true("3,000 frames played", lambda: replay.status()["frames_published"] > 3000, 120)
+    replay.control("stall", seconds=6)  # the connection stays open but goes quiet
+    await_true("the watchdog", lambda: run.metric('producer_reconnects_total{cause="silent"}'), 30)
+    replay.control("shutdown", grace=5)
+    await_true(
+        "a make-before-break replacement after serverShutdown",
+        lambda: run.metric('producer_reconnects_total{cause="shutdown"}') >= 1,
+        30,
+    )
+    await_true("the capture to be played and published", finished(run, replay), 300)
+
+    assert sorted(trade_ids(run)) == capture_trade_ids
+    assert run.stop() == 0

@@ -1,0 +1,384 @@
+"""Bronze transforms: Kafka records -> typed rows per stream type, or quarantine with a reason.
+
+Pure DataFrame -> DataFrame functions, no I/O:
+- `with_envelope` decodes a Kafka record (value, headers) into lineage
+  columns, the combined-stream envelope (`stream`, `data` as JSON text), the
+  symbol from the stream name and a first reason (not UTF-8, not JSON, a
+  stream that does not belong on its topic);
+- `PARSERS[kind]` turns the envelope of one stream type into typed columns
+  and a `reason` (null when the row is good) from the validation rules;
+- `split` separates good rows from quarantine rows.
+
+Conversions are checked before they happen: decimals must match
+`^[0-9]+(\\.[0-9]{1,8})?$` (Binance sends at most 8 decimals, so the cast
+never rounds), ids `^[0-9]{1,18}$`; exchange times are ms, or us when they
+have 16 digits (the archive's format since 2025).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from pyspark.sql import Column, DataFrame, functions as F, types as T
+
+from streaming_jobs.common import schemas
+
+# An exchange time further than this from the producer's receive time is not
+# plausible for a live frame (backfilled rows are exempt: fetched later).
+MAX_CLOCK_SKEW_MS = 24 * 3600 * 1000
+_DECIMAL_RE = r"^[0-9]+(\.[0-9]{1,8})?$"
+_ID_RE = r"^[0-9]{1,18}$"
+_US_FROM = 10**15  # 16-digit times are microseconds
+
+LINEAGE = ["kafka_topic", "kafka_partition", "kafka_offset", "recv_time", "backfill", "ingest_time"]
+ENVELOPE = T.StructType(
+    [T.StructField("stream", T.StringType()), T.StructField("data", T.StringType())]
+)
+
+
+def _header(name: str) -> Column:
+    value = F.filter("headers", lambda h: h["key"] == F.lit(name))
+    return F.element_at(value, 1)["value"].cast("string")
+
+
+def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataFrame]:
+    """Kafka rows -> lineage, stream, symbol, data (JSON text), kind and a first reason."""
+    kinds = F.create_map(*[F.lit(x) for pair in topic_kinds.items() for x in pair])
+
+    def transform(df: DataFrame) -> DataFrame:
+        text = F.decode("value", "UTF-8")
+        utf8 = F.encode(text, "UTF-8") == F.col("value")
+        envelope = F.from_json(text, ENVELOPE)
+        # Records without the producer's header (written by other tools) fall
+        # back to Kafka's own timestamp.
+        recv_ns = F.coalesce(
+            _header("recv_ns").cast("long"), F.unix_micros("timestamp") * F.lit(1000)
+        )
+        return (
+            df.withColumn("kind", kinds[F.col("topic")])
+            .withColumn("raw", F.col("value"))
+            .withColumn("kafka_topic", F.col("topic"))
+            .withColumn("kafka_partition", F.col("partition"))
+            .withColumn("kafka_offset", F.col("offset"))
+            .withColumn("recv_ns", recv_ns)
+            .withColumn("recv_time", F.timestamp_micros(F.floor(F.col("recv_ns") / 1000)))
+            .withColumn("backfill", F.coalesce(_header("backfill") == "1", F.lit(False)))
+            .withColumn("ingest_time", F.current_timestamp())
+            .withColumn("producer_reason", _header("reason"))
+            .withColumn("stream", envelope["stream"])
+            .withColumn("data", envelope["data"])
+            .withColumn("symbol", F.upper(F.substring_index("stream", "@", 1)))
+            .withColumn("_stream_pattern", _stream_pattern())
+            .withColumn(
+                "reason",
+                F.when(
+                    F.col("kind") == "quarantine", F.coalesce("producer_reason", F.lit("producer"))
+                )
+                .when(~utf8, "not_utf8")
+                .when(
+                    envelope.isNull() | F.col("data").isNull() | F.col("stream").isNull(),
+                    "not_json",
+                )
+                .when(F.col("kind").isNull(), "unknown_topic")
+                .when(~F.expr("stream RLIKE _stream_pattern"), "unknown_stream"),
+            )
+            .drop("_stream_pattern")
+        )
+
+    return transform
+
+
+# The stream suffixes each topic may carry (the producer routes by them).
+_STREAM_PATTERNS = {
+    "trade": r"@trade$",
+    "aggTrade": r"@aggTrade$",
+    "kline": r"@kline_[0-9]+[smhdwM]$",
+    "ticker": r"@ticker$",
+    "depth": r"@depth(5|10|20)?(@100ms)?$",
+    "bookTicker": r"@bookTicker$",
+}
+
+
+def _stream_pattern() -> Column:
+    """The pattern a record's stream must match on its topic (never matches if unknown)."""
+    patterns = F.create_map(*[F.lit(x) for pair in _STREAM_PATTERNS.items() for x in pair])
+    return F.coalesce(patterns[F.col("kind")], F.lit("^$"))
+
+
+def decimal(text: Column) -> Column:
+    return F.when(text.rlike(_DECIMAL_RE), text.cast(schemas.DECIMAL))
+
+
+def long_id(text: Column) -> Column:
+    return F.when(text.rlike(_ID_RE), text.cast("long"))
+
+
+def boolean(text: Column) -> Column:
+    return F.when(text == "true", True).when(text == "false", False)
+
+
+def exchange_time(text: Column) -> Column:
+    """ms (or us with 16 digits) since the epoch -> UTC timestamp."""
+    value = long_id(text)
+    return F.when(value >= _US_FROM, F.timestamp_micros(value)).otherwise(F.timestamp_millis(value))
+
+
+def levels(text_levels: Column) -> Column:
+    """[[price, qty], ...] as text -> array<struct<price, qty>> (null if any level is bad)."""
+    typed = F.transform(
+        text_levels,
+        lambda level: F.struct(decimal(level[0]).alias("price"), decimal(level[1]).alias("qty")),
+    )
+    bad = F.exists(typed, lambda lv: lv["price"].isNull() | lv["qty"].isNull())
+    return F.when(~bad, typed)
+
+
+def _first_reason(*rules: tuple[Column, str]) -> Column:
+    """The reason of the first rule that holds, else null."""
+    out = F.lit(None).cast("string")
+    for condition, reason in reversed(rules):
+        out = F.when(condition, reason).otherwise(out)
+    return out
+
+
+def _plausible(event: Column) -> Column:
+    skew = F.abs(F.unix_millis(event) - F.unix_millis("recv_time"))
+    return F.col("backfill") | (skew <= MAX_CLOCK_SKEW_MS)
+
+
+def _price_rules(
+    name: str, text: Column, value: Column, positive: bool
+) -> list[tuple[Column, str]]:
+    rules = [
+        (text.isNull(), f"missing_{name}"),
+        (text.startswith("-"), f"negative_{name}"),
+        (value.isNull(), f"bad_{name}"),
+    ]
+    if positive:
+        rules.append((value <= 0, f"{name}_not_positive"))
+    return rules
+
+
+def _with_reason(df: DataFrame, rules: list[tuple[Column, str]]) -> DataFrame:
+    symbol_ok = F.col("payload_symbol").isNull() | (F.col("payload_symbol") == F.col("symbol"))
+    return df.withColumn(
+        "reason",
+        F.coalesce(
+            F.col("reason"),
+            _first_reason((~symbol_ok, "symbol_mismatch"), *rules),
+        ),
+    )
+
+
+def parse_trades(df: DataFrame) -> DataFrame:
+    d = F.from_json("data", schemas.TRADE)
+    out = df.select(
+        "*",
+        d["s"].alias("payload_symbol"),
+        long_id(d["t"]).alias("trade_id"),
+        decimal(d["p"]).alias("price"),
+        decimal(d["q"]).alias("qty"),
+        exchange_time(d["T"]).alias("trade_time"),
+        exchange_time(d["E"]).alias("event_time"),
+        boolean(d["m"]).alias("is_buyer_maker"),
+        boolean(d["M"]).alias("is_best_match"),
+        d["t"].alias("_t"),
+        d["p"].alias("_p"),
+        d["q"].alias("_q"),
+    )
+    rules = [
+        (F.col("_t").isNull(), "missing_trade_id"),
+        (F.col("trade_id").isNull(), "bad_trade_id"),
+        *_price_rules("price", F.col("_p"), F.col("price"), positive=True),
+        *_price_rules("qty", F.col("_q"), F.col("qty"), positive=False),
+        (F.col("trade_time").isNull(), "missing_trade_time"),
+        (~_plausible(F.col("trade_time")), "implausible_time"),
+    ]
+    return _with_reason(out, rules).withColumn("date", F.to_date("trade_time"))
+
+
+def parse_agg_trades(df: DataFrame) -> DataFrame:
+    d = F.from_json("data", schemas.AGG_TRADE)
+    out = df.select(
+        "*",
+        d["s"].alias("payload_symbol"),
+        long_id(d["a"]).alias("agg_trade_id"),
+        decimal(d["p"]).alias("price"),
+        decimal(d["q"]).alias("qty"),
+        long_id(d["f"]).alias("first_trade_id"),
+        long_id(d["l"]).alias("last_trade_id"),
+        exchange_time(d["T"]).alias("trade_time"),
+        exchange_time(d["E"]).alias("event_time"),
+        boolean(d["m"]).alias("is_buyer_maker"),
+        d["p"].alias("_p"),
+        d["q"].alias("_q"),
+    )
+    rules = [
+        (F.col("agg_trade_id").isNull(), "bad_agg_trade_id"),
+        (F.col("first_trade_id").isNull() | F.col("last_trade_id").isNull(), "bad_trade_ids"),
+        (F.col("last_trade_id") < F.col("first_trade_id"), "bad_trade_ids"),
+        *_price_rules("price", F.col("_p"), F.col("price"), positive=True),
+        *_price_rules("qty", F.col("_q"), F.col("qty"), positive=False),
+        (F.col("trade_time").isNull(), "missing_trade_time"),
+        (~_plausible(F.col("trade_time")), "implausible_time"),
+    ]
+    return _with_reason(out, rules).withColumn("date", F.to_date("trade_time"))
+
+
+def parse_klines(df: DataFrame) -> DataFrame:
+    d = F.from_json("data", schemas.KLINE)
+    k = d["k"]
+    prices = ["o", "h", "l", "c"]
+    volumes = ["v", "q", "V", "Q"]
+    names = {
+        "o": "open",
+        "h": "high",
+        "l": "low",
+        "c": "close",
+        "v": "volume",
+        "q": "quote_volume",
+        "V": "taker_buy_base",
+        "Q": "taker_buy_quote",
+    }
+    out = df.select(
+        "*",
+        F.coalesce(k["s"], d["s"]).alias("payload_symbol"),
+        k["i"].alias("interval"),
+        exchange_time(k["t"]).alias("open_time"),
+        exchange_time(k["T"]).alias("close_time"),
+        exchange_time(d["E"]).alias("event_time"),
+        long_id(k["f"]).alias("first_trade_id"),
+        long_id(k["L"]).alias("last_trade_id"),
+        *[decimal(k[c]).alias(names[c]) for c in prices + volumes],
+        long_id(k["n"]).alias("trade_count"),
+        boolean(k["x"]).alias("is_closed"),
+        *[k[c].alias(f"_{names[c]}") for c in prices + volumes],
+    )
+    rules = [
+        (F.col("interval").isNull() | F.col("open_time").isNull(), "missing_kline_key"),
+        (F.col("event_time").isNull(), "missing_event_time"),
+        (F.col("is_closed").isNull(), "missing_closed_flag"),
+        (F.col("trade_count").isNull(), "bad_trade_count"),
+    ]
+    for c in prices:
+        rules += _price_rules(names[c], F.col(f"_{names[c]}"), F.col(names[c]), positive=True)
+    for c in volumes:
+        rules += _price_rules(names[c], F.col(f"_{names[c]}"), F.col(names[c]), positive=False)
+    rules.append((~_plausible(F.col("event_time")), "implausible_time"))
+    # The closed push beats every open push; among equals the later event wins.
+    version = F.col("is_closed").cast("long") * F.lit(10**16) + F.unix_millis("event_time")
+    return (
+        _with_reason(out, rules)
+        .withColumn("push_version", version)
+        .withColumn("date", F.to_date("open_time"))
+    )
+
+
+def parse_tickers(df: DataFrame) -> DataFrame:
+    d = F.from_json("data", schemas.TICKER)
+    fields = {
+        "p": "price_change",
+        "P": "price_change_pct",
+        "w": "weighted_avg_price",
+        "x": "prev_close",
+        "c": "last_price",
+        "Q": "last_qty",
+        "b": "bid_price",
+        "B": "bid_qty",
+        "a": "ask_price",
+        "A": "ask_qty",
+        "o": "open_price",
+        "h": "high_price",
+        "l": "low_price",
+        "v": "volume",
+        "q": "quote_volume",
+    }
+    signed = {"p", "P"}  # changes can be negative
+    out = df.select(
+        "*",
+        d["s"].alias("payload_symbol"),
+        exchange_time(d["E"]).alias("event_time"),
+        *[
+            (
+                F.when(d[c].rlike(r"^-?[0-9]+(\.[0-9]{1,8})?$"), d[c].cast(schemas.DECIMAL))
+                if c in signed
+                else decimal(d[c])
+            ).alias(name)
+            for c, name in fields.items()
+        ],
+        exchange_time(d["O"]).alias("window_open_time"),
+        exchange_time(d["C"]).alias("window_close_time"),
+        long_id(d["F"]).alias("first_trade_id"),
+        long_id(d["L"]).alias("last_trade_id"),
+        long_id(d["n"]).alias("trade_count"),
+        d["c"].alias("_c"),
+    )
+    rules = [
+        (F.col("event_time").isNull(), "missing_event_time"),
+        *_price_rules("last_price", F.col("_c"), F.col("last_price"), positive=True),
+        (~_plausible(F.col("event_time")), "implausible_time"),
+    ]
+    return _with_reason(out, rules).withColumn("date", F.to_date("event_time"))
+
+
+def parse_depth(df: DataFrame) -> DataFrame:
+    """Partial book snapshots (depth5/10/20): no symbol and no event time in the payload."""
+    d = F.from_json("data", schemas.PARTIAL_DEPTH)
+    out = df.select(
+        "*",
+        F.lit(None).cast("string").alias("payload_symbol"),
+        long_id(d["lastUpdateId"]).alias("last_update_id"),
+        levels(d["bids"]).alias("bids"),
+        levels(d["asks"]).alias("asks"),
+        F.regexp_extract("stream", r"@depth([0-9]+)", 1).cast("int").alias("levels"),
+    )
+    rules = [
+        (F.col("last_update_id").isNull(), "bad_update_id"),
+        (F.col("bids").isNull() | F.col("asks").isNull(), "bad_levels"),
+    ]
+    # No exchange time exists in this payload: the UTC date of receipt is the
+    # only date there is.
+    return _with_reason(out, rules).withColumn("date", F.to_date("recv_time"))
+
+
+def parse_depth_updates(df: DataFrame) -> DataFrame:
+    """Diff depth (depth, depth@100ms): U..u update ids, changed levels."""
+    d = F.from_json("data", schemas.DIFF_DEPTH)
+    out = df.select(
+        "*",
+        d["s"].alias("payload_symbol"),
+        exchange_time(d["E"]).alias("event_time"),
+        long_id(d["U"]).alias("first_update_id"),
+        long_id(d["u"]).alias("final_update_id"),
+        levels(d["b"]).alias("bids"),
+        levels(d["a"]).alias("asks"),
+    )
+    rules = [
+        (F.col("first_update_id").isNull() | F.col("final_update_id").isNull(), "bad_update_id"),
+        (F.col("final_update_id") < F.col("first_update_id"), "bad_update_id"),
+        (F.col("bids").isNull() | F.col("asks").isNull(), "bad_levels"),
+        (F.col("event_time").isNull(), "missing_event_time"),
+        (~_plausible(F.col("event_time")), "implausible_time"),
+    ]
+    return _with_reason(out, rules).withColumn("date", F.to_date("event_time"))
+
+
+def parse_book_tickers(df: DataFrame) -> DataFrame:
+    """Best bid/ask: no event time in the payload (date of receipt, as for partial depth)."""
+    d = F.from_json("data", schemas.BOOK_TICKER)
+    names = {"b": "bid_price", "B": "bid_qty", "a": "ask_price", "A": "ask_qty"}
+    out = df.select(
+        "*",
+        d["s"].alias("payload_symbol"),
+        long_id(d["u"]).alias("update_id"),
+        *[decimal(d[c]).alias(name) for c, name in names.items()],
+        *[d[c].alias(f"_{name}") for c, name in names.items()],
+    )
+    rules: list[tuple[Column, str]] = [(F.col("update_id").isNull(), "bad_update_id")]
+    for c, name in names.items():
+        rules += _price_rules(name, F.col(f"_{name}"), F.col(name), positive=c in "ba")
+    return _with_reason(out, rules).withColumn("date", F.to_date("recv_time"))
+
+
+def is_diff_depth(stream: Column) -> Column:
+    return stream.rlike(r"@depth(@100ms)?$")
