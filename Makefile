@@ -3,7 +3,7 @@
 # proxy, Debian), idempotent and cached: a second run does nothing.
 #
 #   make setup     venv + project, Spark jars, Kafka broker libs, MinIO, Prometheus
-#   make up        start Kafka, MinIO, Prometheus and the producer live against Binance
+#   make up        start Kafka, MinIO, Prometheus, the producer live against Binance, and bronze
 #   make demo      the same offline: the producer reads the replay exchange serving a real capture
 #                  (CAPTURE=f1[,f2] SPEED=<factor>|max; ONCE=1 plays once, waits, stops, exits 0)
 #   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
@@ -79,6 +79,7 @@ demo: setup
 	@infra/services.sh up kafka minio prometheus
 	@SPEED=$${SPEED:-$(if $(ONCE),max,1)} infra/replay.sh start
 	@PRODUCER_SOURCE=replay infra/producer.sh start
+	@infra/bronze.sh start
 	@if [[ -n "$(ONCE)" ]]; then \
 	  rc=0; $(PY) infra/await_demo.py || rc=$$?; \
 	  infra/services.sh down; exit $$rc; \

@@ -1,9 +1,10 @@
 """`make demo ONCE=1`: wait until the replayed capture is entirely in Kafka, then report.
 
-Done means: the replay exchange has played every loop, and the producer has
+Done means: the replay exchange has played every loop; the producer has
 handled every frame it received, has no record in flight and no backfill
-pending, with its handled count unchanged across two polls. Later layers add
-their own conditions here (bronze, silver, gold caught up). Exits 1 with the
+pending, with its handled count unchanged across two polls; and the bronze
+query has committed everything in Kafka (lag 0). Later layers add their own
+conditions here (silver, gold caught up). Exits 1 with the
 reason when the deadline (DEMO_TIMEOUT_S, default 1800) passes first.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from streaming_jobs.common import progress
 from streaming_jobs.common.settings import load_settings
 
 POLL_S = 1.0
@@ -46,11 +48,12 @@ def main() -> int:
         else:
             handled = producer["frames_handled"]
             drained = producer["pending_records"] == 0 and producer["backfill_idle"]
-            if status["done"] and drained and handled == last_handled:
+            bronze_lag = progress.lag(settings, "bronze") if drained else None
+            if status["done"] and drained and handled == last_handled and bronze_lag == 0:
                 return report(settings, handled)
             why = (
                 f"replay {'done' if status['done'] else 'playing'}, producer handled {handled}, "
-                f"{producer['pending_records']} in flight"
+                f"{producer['pending_records']} in flight, bronze lag {bronze_lag}"
             )
             last_handled = handled
         time.sleep(POLL_S)
@@ -68,6 +71,10 @@ def report(settings: Any, handled: int) -> int:
             print(f"  {spec.name:<24} {total:>9} records ({kind})")
     finally:
         consumer.close()
+    print("bronze tables (last commit, UTC):")
+    for table in progress.tables(settings):
+        when = progress.last_commit(settings, table)
+        print(f"  {table:<24} {when.isoformat(timespec='seconds') if when else '-'}")
     return 0
 
 

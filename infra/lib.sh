@@ -34,7 +34,8 @@ log_path() { echo "$LOG_DIR/$1.log"; }
 pid_path() { echo "$PID_DIR/$1.pid"; }
 
 # pid_of NAME PATTERN: the pid if the pid file names a live process whose
-# command line contains PATTERN (guards against a recycled pid); else nothing.
+# command line matches PATTERN, an extended regex (guards against a recycled
+# pid); else nothing.
 pid_of() {
   local file pid
   file=$(pid_path "$1")
@@ -42,7 +43,7 @@ pid_of() {
   pid=$(<"$file")
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [[ -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE -- "$2" || return 1
   echo "$pid"
 }
 

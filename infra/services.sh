@@ -3,11 +3,11 @@
 #   infra/services.sh up [SERVICE...]     start in order (default: all), each awaited healthy
 #   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
 #   infra/services.sh status              one line per service; exit 1 if any is down
-# Services: kafka minio prometheus producer, and replay (the exchange of
-# `make demo`, only reported when it runs).
+# Services: kafka minio prometheus producer bronze, and replay (the exchange
+# of `make demo`, only reported when it runs).
 source "$(dirname "$0")/lib.sh"
 
-ALL=(kafka minio prometheus replay producer)
+ALL=(kafka minio prometheus replay producer bronze)
 OPTIONAL=" replay "
 INFRA="$ROOT/infra"
 
@@ -18,6 +18,7 @@ port_of() {
     prometheus) echo "$LAKE_HOST:$PROMETHEUS_PORT" ;;
     replay) echo "$LAKE_HOST:$REPLAY_PORT" ;;
     producer) echo "$LAKE_HOST:$PRODUCER_METRICS_PORT" ;;
+    bronze) echo "$LAKE_HOST:$(cut -d' ' -f1 <<<"$SPARK_UI_PORTS")" ;;
   esac
 }
 
@@ -36,7 +37,7 @@ check_names "$@"
 case "$cmd" in
   up)
     services=("$@")
-    [[ $# -gt 0 ]] || services=(kafka minio prometheus producer)
+    [[ $# -gt 0 ]] || services=(kafka minio prometheus producer bronze)
     for s in "${services[@]}"; do
       if ! "$INFRA/$s.sh" start; then
         echo "up: $s failed to start (log: $(log_path "$s")); stopping what was started" >&2
@@ -71,6 +72,10 @@ case "$cmd" in
       [[ $state == up ]] || down=1
       printf '%-12s %-6s %-8s %-10s %-22s %s\n' "$s" "$state" "$pid" "$uptime" "$(port_of "$s")" "$(log_path "$s")"
     done
+    if [[ $(pid_of kafka kafka.Kafka) ]]; then
+      echo
+      (cd "$ROOT" && "$PY" -m streaming_jobs.common.progress) || down=1
+    fi
     exit $down
     ;;
   *) echo "usage: $0 up|down|status [SERVICE...]" >&2; exit 2 ;;

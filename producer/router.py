@@ -72,13 +72,17 @@ Route = Routed | Quarantined | Control
 
 
 def headers(
-    recv_ns: int, connection: str, stream: str, backfill: bool
+    recv_ns: int, connection: str, stream: str, backfill: bool, clock_offset_ns: int = 0
 ) -> tuple[tuple[str, bytes], ...]:
     return (
         ("recv_ns", str(recv_ns).encode()),
         ("connection", connection.encode()),
         ("stream", stream.encode()),
         ("backfill", b"1" if backfill else b"0"),
+        # The exchange's clock minus ours (GET /api/v3/time): bronze judges an
+        # event time against the receive time on the exchange's clock, which
+        # also holds for a replayed capture whose clock is years behind.
+        ("clock_offset_ns", str(clock_offset_ns).encode()),
     )
 
 
@@ -87,6 +91,7 @@ class Router:
         self._topics = {kind: spec.name for kind, spec in settings.pipeline.kafka.topics.items()}
         self._quarantine_topic = self._topics["quarantine"]
         self._subscribed = subscribed
+        self.clock_offset_ns = 0  # set by the producer from the exchange's time
 
     def topic(self, kind: str) -> str:
         return self._topics[kind]
@@ -94,7 +99,10 @@ class Router:
     def quarantine(
         self, raw: bytes, reason: str, recv_ns: int, connection: str, stream: str = ""
     ) -> Quarantined:
-        hdrs = (*headers(recv_ns, connection, stream, False), ("reason", reason.encode()))
+        hdrs = (
+            *headers(recv_ns, connection, stream, False, self.clock_offset_ns),
+            ("reason", reason.encode()),
+        )
         return Quarantined(Record(self._quarantine_topic, None, raw, hdrs), reason)
 
     def route(self, raw: bytes, recv_ns: int, connection: str) -> Route:
@@ -132,7 +140,10 @@ class Router:
             ids[key] = value
         depth_range = _depth_range(data) if kind == "depth" else None
         record = Record(
-            self._topics[kind], symbol.encode(), raw, headers(recv_ns, connection, stream, False)
+            self._topics[kind],
+            symbol.encode(),
+            raw,
+            headers(recv_ns, connection, stream, False, self.clock_offset_ns),
         )
         return Routed(record, kind, symbol, stream, ids, depth_range)
 

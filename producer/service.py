@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from producer.backfill import Backfiller
 from producer.binance.client import Connection, StreamClient
-from producer.binance.rest import RestClient
+from producer.binance.rest import RestClient, RestError
 from producer.binance.streams import stream_groups
 from producer.gaps import BACKFILLABLE, GapTracker
 from producer.metrics import MetricsServer, ProducerMetrics
@@ -31,6 +32,7 @@ from streaming_jobs.common.settings import Settings
 log = logging.getLogger(__name__)
 
 _STATE_SAVE_S = 1.0
+_CLOCK_SYNC_S = 60.0
 
 
 class Producer:
@@ -48,6 +50,7 @@ class Producer:
             settings.producer_state_file().with_name("undelivered.log"),
         )
         self._stop = threading.Event()
+        self.rest = RestClient(cfg.rest_base_url, self.metrics, stop=self._stop, max_retries=2)
         self.backfiller = Backfiller(
             RestClient(cfg.rest_base_url, self.metrics, stop=self._stop),
             self.router,
@@ -173,11 +176,16 @@ class Producer:
         self.tracker.resume_from(topic_tail_ids(self.settings))
         for gap in self.tracker.pending_gaps():
             self.backfiller.enqueue(gap)
+        self._sync_clock()
         self.backfiller.start()
         self.client.start()
+        last_sync = time.monotonic()
         try:
             while not self._stop.wait(_STATE_SAVE_S):
                 self.tracker.save()
+                if time.monotonic() - last_sync >= _CLOCK_SYNC_S:
+                    self._sync_clock()
+                    last_sync = time.monotonic()
         finally:
             self.client.stop()
             self.backfiller.join(timeout=30)
@@ -188,3 +196,13 @@ class Producer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _sync_clock(self) -> None:
+        try:
+            self.router.clock_offset_ns = self.rest.clock_offset_ns()
+        except (RestError, KeyError, TypeError, ValueError) as err:
+            log.warning(
+                "could not read the exchange's clock (%s); keeping offset %d ns",
+                err,
+                self.router.clock_offset_ns,
+            )

@@ -78,6 +78,13 @@ class RestClient:
                 self._sleep(1.0)
         raise RestError(f"GET {url} failed {self._max_retries} times")
 
+    def clock_offset_ns(self) -> int:
+        """The exchange's clock minus ours, from GET /api/v3/time (mid-point of the call)."""
+        before = time.time_ns()
+        answer = self.get("/api/v3/time", {})
+        after = time.time_ns()
+        return int(answer["serverTime"]) * 1_000_000 - (before + after) // 2
+
     def historical_trades(self, symbol: str, from_id: int, limit: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.get(
             "/api/v3/historicalTrades", {"symbol": symbol, "fromId": from_id, "limit": limit}

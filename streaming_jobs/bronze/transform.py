@@ -62,6 +62,18 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
             .withColumn("kafka_offset", F.col("offset"))
             .withColumn("recv_ns", recv_ns)
             .withColumn("recv_time", F.timestamp_micros(F.floor(F.col("recv_ns") / 1000)))
+            # The receive time on the exchange's clock (see the producer's
+            # clock_offset_ns header): what exchange times are judged against.
+            .withColumn(
+                "recv_exchange_ms",
+                F.floor(
+                    (
+                        F.col("recv_ns")
+                        + F.coalesce(_header("clock_offset_ns").cast("long"), F.lit(0))
+                    )
+                    / 1_000_000
+                ),
+            )
             .withColumn("backfill", F.coalesce(_header("backfill") == "1", F.lit(False)))
             .withColumn("ingest_time", F.current_timestamp())
             .withColumn("producer_reason", _header("reason"))
@@ -142,7 +154,7 @@ def _first_reason(*rules: tuple[Column, str]) -> Column:
 
 
 def _plausible(event: Column) -> Column:
-    skew = F.abs(F.unix_millis(event) - F.unix_millis("recv_time"))
+    skew = F.abs(F.unix_millis(event) - F.col("recv_exchange_ms"))
     return F.col("backfill") | (skew <= MAX_CLOCK_SKEW_MS)
 
 

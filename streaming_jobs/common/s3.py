@@ -99,6 +99,12 @@ class S3Client:
             raise S3Error(f"creating bucket {bucket} answered {status}: {body[:300]!r}")
         return True
 
+    def get(self, bucket: str, key: str) -> bytes:
+        status, body = self._request("GET", f"/{bucket}/{key}")
+        if status != 200:
+            raise S3Error(f"GET s3://{bucket}/{key} answered {status}: {body[:300]!r}")
+        return body
+
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object key under prefix (follows continuation tokens)."""
         keys: list[str] = []

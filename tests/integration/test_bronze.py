@@ -8,6 +8,7 @@ second time over the same frames published again, which must change nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from producer.replay.captures import Capture, read_capture
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
+from streaming_jobs.common import progress
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 
@@ -114,6 +116,20 @@ def test_capture_lands_typed_exactly_once(
     assert sorted((bytes(r.raw), r.reason) for r in quarantine.collect()) == sorted(
         (raw, reason) for raw, _kind, reason in BAD
     )
+
+    # What `make status` and `make demo ONCE=1` read, without Spark.
+    assert progress.lag(settings, "bronze") == 0
+    assert progress.tables(settings) == sorted(
+        [
+            tables.TRADES.name,
+            tables.BOOK_TICKER.name,
+            tables.DEPTH_UPDATES.name,
+            tables.QUARANTINE.name,
+        ]
+    )
+    committed = progress.last_commit(settings, tables.TRADES.name)
+    assert committed is not None
+    assert abs((dt.datetime.now(dt.UTC) - committed).total_seconds()) < 600
 
     # The same frames again (a producer replay): nothing changes.
     publish(settings, capture)

@@ -58,7 +58,12 @@ PARTIAL_DEPTH = (
 
 
 def kafka_row(
-    kind: str, value: str | bytes, offset: int = 0, backfill: bool = False, recv_ns: int = RECV_NS
+    kind: str,
+    value: str | bytes,
+    offset: int = 0,
+    backfill: bool = False,
+    recv_ns: int = RECV_NS,
+    clock_offset_ns: int = 0,
 ) -> dict[str, Any]:
     raw = value.encode() if isinstance(value, str) else value
     return {
@@ -71,6 +76,7 @@ def kafka_row(
         "headers": [
             {"key": "recv_ns", "value": str(recv_ns).encode()},
             {"key": "backfill", "value": b"1" if backfill else b"0"},
+            {"key": "clock_offset_ns", "value": str(clock_offset_ns).encode()},
         ],
     }
 
@@ -148,6 +154,17 @@ def test_backfilled_rows_are_exempt_from_the_clock_check(spark: Any) -> None:
     late = broken(TRADE, "T", 1723161255342 - 3 * 86_400_000)
     (row,) = parse(spark, "trade", late, backfill=True)
     assert row.reason is None and row.backfill is True
+
+
+def test_a_replayed_capture_is_judged_on_the_exchange_clock(spark: Any) -> None:
+    # Received two years later, from an exchange (the replay) whose clock says 2024.
+    two_years_ns = 2 * 365 * 86_400 * 10**9
+    (row,) = parse(
+        spark, "trade", TRADE, recv_ns=RECV_NS + two_years_ns, clock_offset_ns=-two_years_ns
+    )
+    assert row.reason is None
+    (row,) = parse(spark, "trade", TRADE, recv_ns=RECV_NS + two_years_ns)
+    assert row.reason == "implausible_time"
 
 
 def test_agg_trade(spark: Any) -> None:

@@ -44,6 +44,7 @@ def test_trade_routes_byte_identical_with_headers(router: Router) -> None:
         "connection": b"g0-1",
         "stream": b"btcusdt@trade",
         "backfill": b"0",
+        "clock_offset_ns": b"0",
     }
     assert (route.kind, route.symbol, dict(route.ids)) == ("trade", "BTCUSDT", {"t": 3735683259})
 

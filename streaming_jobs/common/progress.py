@@ -1,0 +1,145 @@
+"""How far each streaming query and lake table has got, read without Spark.
+
+For `make status` and `make demo ONCE=1`: a query's committed Kafka offsets
+come from its checkpoint (`commits/<n>` marks batch n done, `offsets/<n>`
+holds the source offsets it read up to), its lag is the Kafka end offsets
+minus those; a Hudi table's last commit is the newest completed instant in
+its timeline. Works on both storage profiles (local files, or MinIO through
+the S3 API).
+
+    python -m streaming_jobs.common.progress     # one line per query and table
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from streaming_jobs.common.s3 import S3Client, S3Error
+from streaming_jobs.common.settings import Settings, load_settings
+
+# Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
+_INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
+
+
+class _Store:
+    """Files under a lake URI: file:// or s3a://bucket/..."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._s3 = (
+            S3Client(settings.s3_endpoint, settings.s3_credentials())
+            if settings.storage_profile == "minio"
+            else None
+        )
+
+    def _split(self, uri: str) -> tuple[str, str]:
+        bucket, _, key = uri.removeprefix("s3a://").partition("/")
+        return bucket, key
+
+    def list(self, uri: str) -> list[str]:
+        if self._s3 is None:
+            root = Path(uri.removeprefix("file://"))
+            return (
+                [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+                if root.exists()
+                else []
+            )
+        bucket, prefix = self._split(uri)
+        keys = self._s3.list_keys(bucket, prefix.rstrip("/") + "/")
+        return [k.removeprefix(prefix.rstrip("/") + "/") for k in keys]
+
+    def read(self, uri: str) -> bytes:
+        if self._s3 is None:
+            return Path(uri.removeprefix("file://")).read_bytes()
+        return self._s3.get(*self._split(uri))
+
+
+def committed_offsets(settings: Settings, query: str) -> dict[tuple[str, int], int] | None:
+    """Kafka offsets the query has committed (next offset to read), or None before batch 0."""
+    store = _Store(settings)
+    root = settings.checkpoint_path(query)
+    names = store.list(root)
+    commits = [int(n.split("/")[1]) for n in names if re.fullmatch(r"commits/[0-9]+", n)]
+    if not commits:
+        return None
+    lines = store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()
+    offsets: dict[tuple[str, int], int] = {}
+    for line in lines[2:]:  # version, batch metadata, then one line per source
+        for topic, partitions in json.loads(line).items():
+            for partition, offset in partitions.items():
+                offsets[(topic, int(partition))] = int(offset)
+    return offsets
+
+
+def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        partitions = [
+            TopicPartition(spec.name, p)
+            for spec in settings.pipeline.kafka.topics.values()
+            for p in consumer.partitions_for_topic(spec.name) or ()
+        ]
+        return {
+            (tp.topic, tp.partition): off for tp, off in consumer.end_offsets(partitions).items()
+        }
+    finally:
+        consumer.close()
+
+
+def lag(settings: Settings, query: str) -> int | None:
+    """Records in Kafka the query has not committed yet (None: no batch committed)."""
+    done = committed_offsets(settings, query)
+    if done is None:
+        return None
+    return sum(max(0, end - done.get(tp, 0)) for tp, end in end_offsets(settings).items())
+
+
+def last_commit(settings: Settings, table: str) -> dt.datetime | None:
+    store = _Store(settings)
+    instants = [
+        m.group(1)
+        for n in store.list(f"{settings.table_path(table)}/.hoodie")
+        if (m := _INSTANT.search(n))
+    ]
+    if not instants:
+        return None
+    return dt.datetime.strptime(max(instants), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+
+
+def tables(settings: Settings) -> list[str]:
+    store = _Store(settings)
+    names = {
+        n.split("/", 1)[0]
+        for n in store.list(settings.table_path("").rstrip("/"))
+        if "/.hoodie/" in n
+    }
+    return sorted(names)
+
+
+def main() -> int:
+    settings = load_settings()
+    try:
+        behind = lag(settings, "bronze")
+        print(f"{'QUERY':<12} {'LAG (records)':<14} CHECKPOINT")
+        print(
+            f"{'bronze':<12} {'-' if behind is None else behind:<14} "
+            f"{settings.checkpoint_path('bronze')}"
+        )
+        print(f"\n{'TABLE':<24} LAST COMMIT (UTC)")
+        for table in tables(settings):
+            when = last_commit(settings, table)
+            print(f"{table:<24} {when.isoformat(timespec='seconds') if when else '-'}")
+    except (OSError, S3Error) as err:
+        print(f"progress: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
