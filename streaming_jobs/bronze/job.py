@@ -218,14 +218,17 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> object:
     topics = ",".join(spec.name for spec in settings.pipeline.kafka.topics.values())
-    stream = (
+    reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
         .option("subscribe", topics)
         .option("startingOffsets", "earliest")
         .option("includeHeaders", "true")
-        .load()
     )
+    limit = settings.layer("bronze").max_offsets_per_trigger
+    if limit is not None:
+        reader = reader.option("maxOffsetsPerTrigger", limit)
+    stream = reader.load()
     writer = (
         stream.writeStream.queryName(QUERY_NAME)
         .foreachBatch(BronzeBatch(settings))

@@ -60,12 +60,21 @@ class _Store:
         return self._s3.get(*self._split(uri))
 
 
+def batches(settings: Settings, query: str) -> tuple[list[int], list[int]]:
+    """(batches planned, batches committed) in the query's checkpoint, ascending."""
+    names = _Store(settings).list(settings.checkpoint_path(query))
+
+    def ids(folder: str) -> list[int]:
+        return sorted(int(n.split("/")[1]) for n in names if re.fullmatch(rf"{folder}/[0-9]+", n))
+
+    return ids("offsets"), ids("commits")
+
+
 def committed_offsets(settings: Settings, query: str) -> dict[tuple[str, int], int] | None:
     """Kafka offsets the query has committed (next offset to read), or None before batch 0."""
     store = _Store(settings)
     root = settings.checkpoint_path(query)
-    names = store.list(root)
-    commits = [int(n.split("/")[1]) for n in names if re.fullmatch(r"commits/[0-9]+", n)]
+    _planned, commits = batches(settings, query)
     if not commits:
         return None
     lines = store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()

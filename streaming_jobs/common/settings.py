@@ -180,9 +180,13 @@ class LayerSettings:
     trigger: str
     ui_port: int
     watermark: str | None = None
+    # Bounds a micro-batch (a burst or a backlog after downtime); None: no bound.
+    max_offsets_per_trigger: int | None = None
 
     def __post_init__(self) -> None:
         _check_duration(self.trigger, "trigger")
+        if self.max_offsets_per_trigger is not None and self.max_offsets_per_trigger < 1:
+            raise ValueError("max_offsets_per_trigger must be at least 1")
         if self.watermark is not None:
             _check_duration(self.watermark, "watermark")
         _check_port(self.ui_port, "ui_port")

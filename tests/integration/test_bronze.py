@@ -12,7 +12,11 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,25 +24,35 @@ from typing import Any
 import pytest
 import yaml
 from kafka import KafkaProducer
+from pyspark.sql import functions as F
 
-from producer.replay.captures import Capture, read_capture
+from producer.replay.captures import Capture, merge_captures, read_capture
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
 from streaming_jobs.common import progress
 from streaming_jobs.common.hudi import read_table
+from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
+from tests.integration.test_producer import Run, await_true, finished, make_run  # noqa: F401
 
 CAPTURE = PROJECT_ROOT / "producer" / "replay" / "captures" / "spot_btcusdt_20240808.gz"
 BAD = [
     (b'{"stream":"btcusdt@trade","data":{"e":"trade","t":1', "trade", "not_json"),
-    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":42,'
-     b'"p":"-5.00000000","q":"1.00000000","T":1723161255342,"m":true,"M":true}}', "trade",
-     "negative_price"),
-    (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":43,'
-     b'"p":"5.00000000","q":"1.00000000","T":1,"m":true,"M":true}}', "trade", "implausible_time"),
+    (
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":42,'
+        b'"p":"-5.00000000","q":"1.00000000","T":1723161255342,"m":true,"M":true}}',
+        "trade",
+        "negative_price",
+    ),
+    (
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":43,'
+        b'"p":"5.00000000","q":"1.00000000","T":1,"m":true,"M":true}}',
+        "trade",
+        "implausible_time",
+    ),
     (b"\xff\xfe", "quarantine", "not_utf8"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +78,12 @@ def publish(settings: Settings, capture: Capture) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     for frame in capture.frames:
         kind = stream_kind(frame.stream.split("@", 1)[1])
-        headers = [("recv_ns", str(frame.recv_ns).encode()), ("connection", b"g0-1"),
-                   ("stream", frame.stream.encode()), ("backfill", b"0")]  # fmt: skip
+        headers = [
+            ("recv_ns", str(frame.recv_ns).encode()),
+            ("connection", b"g0-1"),
+            ("stream", frame.stream.encode()),
+            ("backfill", b"0"),
+        ]
         producer.send(settings.topic(kind).name, key=b"BTCUSDT", value=frame.raw, headers=headers)
     for raw, kind, reason in BAD:
         headers = [("recv_ns", b"1723161254087896568"), ("backfill", b"0")]
@@ -137,3 +155,144 @@ def test_capture_lands_typed_exactly_once(
     assert count(tables.TRADES.name) == 9757
     assert count(tables.BOOK_TICKER.name) == book
     assert count(tables.QUARANTINE.name) == 2 * len(BAD)  # keyed by Kafka coordinates
+
+
+def settings_for(
+    base: Settings, tmp: Path, profile: str, bucket: str
+) -> tuple[Settings, dict[str, str]]:
+    env = {
+        **os.environ,
+        "LAKE_CONF_DIR": str(base.conf_dir),
+        "STATE_DIR": str(tmp),
+        "STORAGE": profile,
+        "S3_BUCKET": bucket,
+    }
+    return load_settings(base.conf_dir, env), env
+
+
+def snapshot(spark: Any, settings: Settings) -> dict[str, Any]:
+    """What the comparison looks at: every trade row's values, counts of the rest."""
+    trades = read_table(spark, settings.table_path(tables.TRADES.name))
+    values = trades.select("trade_id", "price", "qty", "trade_time", "is_buyer_maker", "date")
+    return {
+        "trades": sorted(tuple(r) for r in values.collect()),
+        **{
+            t.name: read_table(spark, settings.table_path(t.name)).count()
+            for t in (tables.BOOK_TICKER, tables.DEPTH_UPDATES, tables.QUARANTINE)
+        },
+    }
+
+
+@pytest.mark.parametrize("profile", ["local", "minio"])
+def test_sigkill_mid_batch_then_restart_changes_nothing(
+    spark: Any, bronze_settings: Settings, capture: Capture, tmp_path: Path, profile: str
+) -> None:
+    conf = bronze_settings.conf_dir
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
+    pipeline["streaming"]["bronze"]["max_offsets_per_trigger"] = 15_000  # several batches
+    pipeline["streaming"]["bronze"]["trigger"] = "1 second"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    bucket = f"kill-{uuid.uuid4().hex[:8]}"
+    reference, _ = settings_for(bronze_settings, tmp_path / "ref", profile, f"{bucket}-ref")
+    subject, env = settings_for(bronze_settings, tmp_path / "subject", profile, bucket)
+    if profile == "minio":
+        s3 = S3Client(subject.s3_endpoint, subject.s3_credentials())
+        s3.ensure_bucket(bucket)
+        s3.ensure_bucket(f"{bucket}-ref")
+    assert reference.table_path("x") != subject.table_path("x")
+    publish(subject, capture)
+
+    # The subject: the real spark-submit, killed while a batch is being written.
+    log = (tmp_path / "bronze.log").open("wb")
+    driver = subprocess.Popen(
+        [str(PROJECT_ROOT / "spark-submit.sh"), "bronze"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            planned, committed = progress.batches(subject, "bronze")
+            if planned and committed and planned[-1] > committed[-1]:
+                break  # batch planned[-1] is being written
+            assert driver.poll() is None, (tmp_path / "bronze.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "bronze never reached a second batch"
+            time.sleep(0.1)
+        time.sleep(1.0)  # well inside the batch: its Hudi commits are under way
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    restarted = subprocess.run(
+        [str(PROJECT_ROOT / "spark-submit.sh"), "bronze", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert progress.lag(subject, "bronze") == 0
+
+    # The reference: the same records, one uninterrupted run, its own tables.
+    run_bronze(spark, reference)
+    expected = snapshot(spark, reference)
+    assert len(expected["trades"]) == 9757
+    assert snapshot(spark, subject) == expected
+
+
+FULL_RECORDING = [
+    PROJECT_ROOT / "producer" / "replay" / "captures" / f"spot_{s}_{d}.gz"
+    for s in ("btcusdt", "ethusdt")
+    for d in ("20240808", "20240809")
+]
+INJECTED = [
+    (b'{"stream":"btcusdt@trade","data":{"e":"trade"', "not_json"),
+    (b'{"stream":"ethusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1}}', "symbol_mismatch"),
+    (b'{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":"x"}}', "bad_id_t"),
+]
+
+
+def test_the_whole_recording_through_producer_and_bronze(
+    make_run: Callable[..., tuple[Run, Any]],  # noqa: F811 - the fixture imported above
+    spark: Any,
+) -> None:
+    recording = merge_captures(FULL_RECORDING)
+    run, replay = make_run(
+        capture=recording,
+        symbols=[{"name": "BTCUSDT", "tier": 1}, {"name": "ETHUSDT", "tier": 1}],
+        exchange={"start_on_connect": False},
+    )
+    run.start()
+    await_true("a live connection", lambda: run.health()["live"], 60)
+    for raw, _reason in INJECTED:
+        replay.control("inject", frame_hex=raw.hex())
+    replay.control("start")
+    await_true("the recording to be played and published", finished(run, replay), 600)
+    assert run.stop() == 0
+    run_bronze(spark, run.settings)
+
+    trades = read_table(spark, run.settings.table_path(tables.TRADES.name))
+    by_symbol = {
+        r.symbol: (r.n, r.first, r.last)
+        for r in trades.groupBy("symbol")
+        .agg(
+            F.count("*").alias("n"),
+            F.min("trade_id").alias("first"),
+            F.max("trade_id").alias("last"),
+        )
+        .collect()
+    }
+    assert {s: n for s, (n, _f, _l) in by_symbol.items()} == {"BTCUSDT": 19_904, "ETHUSDT": 14_515}
+    assert all(last - first + 1 == n for n, first, last in by_symbol.values())  # gap-free
+    frames = {
+        (f.stream.split("@")[0].upper(), json.loads(f.raw)["data"]["t"]): json.loads(f.raw)["data"]
+        for f in recording.frames
+        if f.stream.endswith("@trade")
+    }
+    for r in trades.select("symbol", "trade_id", "price", "qty").collect():
+        data = frames[(r.symbol, r.trade_id)]
+        assert (r.price, r.qty) == (Decimal(data["p"]), Decimal(data["q"]))
+    quarantine = read_table(spark, run.settings.table_path(tables.QUARANTINE.name)).collect()
+    assert sorted((bytes(r.raw), r.reason) for r in quarantine) == sorted(INJECTED)

@@ -91,11 +91,13 @@ def test_status_shows_every_service_up_with_port_and_log(services: Settings) -> 
         timeout=60,
         env=dict(os.environ),
     )
-    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
-    # The tests run no producer (they start their own): status says so and fails.
-    assert lines["producer"][1] == "down"
+    table = result.stdout.split("\n\n", 1)[0]  # the progress report follows a blank line
+    lines = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    # The tests run no producer or bronze (they start their own): status says so and fails.
+    assert lines["producer"][1] == lines["bronze"][1] == "down"
     assert result.returncode == 1, result.stdout + result.stderr
     assert "replay" not in lines  # reported only while `make demo` runs it
+    assert "LAG (records)" in result.stdout and "LAST COMMIT (UTC)" in result.stdout
     s = services.services
     expected = {"kafka": s.kafka_port, "minio": s.minio_port, "prometheus": s.prometheus_port}
     for name, port in expected.items():

@@ -445,8 +445,17 @@ def test_stalled_connection_and_server_shutdown(
     run, replay = make_run(speed=20.0, producer={"watchdog_silence_s": 1.5})
     run.start()
     await_true("3,000 frames played", lambda: replay.status()["frames_published"] > 3000, 120)
+    stalled = {c["id"] for c in replay.status()["connections"]}
     replay.control("stall", seconds=6)  # the connection stays open but goes quiet
     await_true("the watchdog", lambda: run.metric('producer_reconnects_total{cause="silent"}'), 30)
+    await_true(
+        "the replacement connection",
+        lambda: (
+            run.health()["live"]
+            and bool({c["id"] for c in replay.status()["connections"]} - stalled)
+        ),
+        30,
+    )
     replay.control("shutdown", grace=5)
     await_true(
         "a make-before-break replacement after serverShutdown",
