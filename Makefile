@@ -111,9 +111,11 @@ test: setup
 
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
+	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2
 
 bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
+	$(PY) -m tests.bench.bronze_bench --loops 1 --reps 1
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check producer streaming_jobs tests infra

@@ -26,13 +26,10 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from producer.replay.captures import merge_captures
 from producer.topics import admin_client, ensure_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
 from tests.conftest import write_test_conf
+from tests.support import free_port, get_json
 
 CAPTURES = [
     PROJECT_ROOT / "producer" / "replay" / "captures" / "spot_btcusdt_20240808.gz",
@@ -54,21 +52,6 @@ CAPTURES = [
 STREAMS = ["trade", "bookTicker", "depth@100ms"]
 STATE = PROJECT_ROOT / ".state" / "bench"
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def get_json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as err:
-        return json.load(err)
 
 
 def wait_for(condition: Any, deadline_s: float, what: str) -> None:

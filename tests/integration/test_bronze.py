@@ -34,7 +34,8 @@ from streaming_jobs.common import progress
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
-from tests.integration.test_producer import Run, await_true, finished, make_run  # noqa: F401
+from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
+from tests.support import await_true
 
 CAPTURE = PROJECT_ROOT / "producer" / "replay" / "captures" / "spot_btcusdt_20240808.gz"
 BAD = [

@@ -13,15 +13,9 @@ import pytest
 import yaml
 
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings
+from tests.support import free_port
 
 INFRA = PROJECT_ROOT / "infra"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,33 +39,11 @@ from producer.replay.captures import Capture, read_capture
 from producer.replay.exchange import ReplayExchange, start_in_thread
 from producer.topics import ensure_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from tests.support import await_true, free_port, get_json
 
 CAPTURE = PROJECT_ROOT / "producer" / "replay" / "captures" / "spot_btcusdt_20240808.gz"
 STREAMS = ["trade", "bookTicker", "depth@100ms"]
 INFRA = PROJECT_ROOT / "infra"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def await_true(what: str, condition: Callable[[], bool], deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def get_json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as err:
-        return json.load(err)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,37 @@
+"""Small helpers shared by the tests and the benchmarks: ports, HTTP JSON, deadlines."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get_json(url: str) -> Any:
+    """GET url as JSON; an HTTP error's JSON body too (/health answers 503 with one)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:
+        return json.load(err)
+
+
+def await_true(what: str, condition: Callable[[], Any], deadline_s: float) -> None:
+    """Poll condition until it holds; fail saying what was awaited when the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
