@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, functions as F
 
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.common.hudi import HudiTable, upsert_batch
+from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import Settings, load_settings
 
 log = logging.getLogger("bronze")
@@ -217,18 +218,7 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 
 
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> object:
-    topics = ",".join(spec.name for spec in settings.pipeline.kafka.topics.values())
-    reader = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-        .option("subscribe", topics)
-        .option("startingOffsets", "earliest")
-        .option("includeHeaders", "true")
-    )
-    limit = settings.layer("bronze").max_offsets_per_trigger
-    if limit is not None:
-        reader = reader.option("maxOffsetsPerTrigger", limit)
-    stream = reader.load()
+    stream = read_topics(spark, settings, settings.layer("bronze").max_offsets_per_trigger)
     writer = (
         stream.writeStream.queryName(QUERY_NAME)
         .foreachBatch(BronzeBatch(settings))

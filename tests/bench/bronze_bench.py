@@ -35,6 +35,7 @@ from pyspark.sql import SparkSession
 from producer.replay.captures import merge_captures, plan_shifts, shifted
 from producer.topics import ensure_topics
 from streaming_jobs.bronze.job import start
+from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from streaming_jobs.common.spark import session_conf
 from tests.bench.producer_bench import CAPTURES, memory_gb
@@ -91,16 +92,9 @@ def run_bronze(spark: SparkSession, settings: Settings) -> float:
 
 
 def run_parquet(spark: SparkSession, settings: Settings, out: Path) -> float:
-    topics = ",".join(spec.name for spec in settings.pipeline.kafka.topics.values())
     started = time.perf_counter()
     query = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-        .option("subscribe", topics)
-        .option("startingOffsets", "earliest")
-        .option("includeHeaders", "true")
-        .option("maxOffsetsPerTrigger", BATCH)
-        .load()
+        read_topics(spark, settings, BATCH)
         .writeStream.format("parquet")
         .option("path", str(out / "table"))
         .option("checkpointLocation", str(out / "checkpoint"))

@@ -1,0 +1,28 @@
+"""Reading the producer's topics as a stream: the one place its source options are set.
+
+Every topic of conf/pipeline.yaml, from the earliest offset the checkpoint
+does not cover, with the producer's headers (lineage), optionally bounded
+per micro-batch.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from streaming_jobs.common.settings import Settings
+
+
+def read_topics(
+    spark: SparkSession, settings: Settings, max_offsets_per_trigger: int | None = None
+) -> DataFrame:
+    topics = ",".join(spec.name for spec in settings.pipeline.kafka.topics.values())
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+        .option("subscribe", topics)
+        .option("startingOffsets", "earliest")
+        .option("includeHeaders", "true")
+    )
+    if max_offsets_per_trigger is not None:
+        reader = reader.option("maxOffsetsPerTrigger", max_offsets_per_trigger)
+    return reader.load()
