@@ -12,7 +12,7 @@ a header: counted, kept, never raised.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,3 @@ def _depth_range(data: dict[str, Any]) -> tuple[int, int] | None:
     if type(first) is int and type(last) is int:
         return first, last
     return None
-
-
-FrameHandler = Callable[[bytes, int, str], None]

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from producer.backfill import Backfiller
 from producer.binance.client import Connection, StreamClient
@@ -64,6 +65,7 @@ class Producer:
         self.client = StreamClient(self.groups, cfg, self.on_frame, self.metrics)
         self._handled = 0
         self._handled_lock = threading.Lock()
+        self._received: dict[tuple[str, str], Any] = {}
         self._seen_lock = threading.Lock()
         self._seen_in_overlap: dict[str, set[int]] = {}
         self._handlers: dict[type, Callable[..., None]] = {
@@ -90,7 +92,12 @@ class Producer:
         self.client.server_shutdown(conn)
 
     def _publish(self, route: Routed, conn: Connection) -> None:
-        self.metrics.frames_received.labels(route.kind, route.symbol).inc()
+        # labels() costs a lookup under a lock; keep each child (hot path).
+        counter = self._received.get((route.kind, route.symbol))
+        if counter is None:
+            counter = self.metrics.frames_received.labels(route.kind, route.symbol)
+            self._received[(route.kind, route.symbol)] = counter
+        counter.inc()
         if self._duplicate_in_overlap(route, conn):
             self._duplicate(route, conn)
             return

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
-from streaming_jobs.common.spark import session_conf
+from streaming_jobs.common.spark import LOG_CONFIG, session_conf
 
 PORT_SHIFT = 10000
 TEST_STATE_DIR = Path(os.environ.get("TEST_STATE_DIR", PROJECT_ROOT / ".state" / "test"))
@@ -144,9 +144,7 @@ def spark(lake_settings: Settings) -> Iterator[object]:
             "spark.default.parallelism": "2",
             "spark.ui.enabled": "false",
             "spark.driver.memory": "2g",
-            "spark.driver.extraJavaOptions": (
-                f"-Dlog4j2.configurationFile=file:{PROJECT_ROOT / 'conf' / 'log4j2.properties'}"
-            ),
+            "spark.driver.extraJavaOptions": (f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}"),
         }
     )
     builder = SparkSession.builder

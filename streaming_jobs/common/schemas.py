@@ -126,5 +126,3 @@ BOOK_TICKER = _fields(
     ("a", S),  # best ask price
     ("A", S),  # best ask quantity
 )
-
-LEVEL = T.StructType([T.StructField("price", DECIMAL), T.StructField("qty", DECIMAL)])
