@@ -12,23 +12,25 @@ lives under the storage profile (local disk or MinIO).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, functions as F
+from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.common.hudi import HudiTable, upsert_batch
 from streaming_jobs.common.kafka import read_topics
-from streaming_jobs.common.settings import Settings, load_settings
+from streaming_jobs.common.layer import run_layer
+from streaming_jobs.common.settings import Settings
 
 log = logging.getLogger("bronze")
 
 QUERY_NAME = "bronze"
+# Tables committed at once within a batch (see BronzeBatch._write).
+UPSERT_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ ROUTES = (
         ("update_id", "bid_price", "bid_qty", "ask_price", "ask_qty"),
     ),
 )
+_TABLE_OF = {route.kind: route.table for route in ROUTES}
 QUARANTINE_COLUMNS = ("raw", "reason", "stream", "symbol", "recv_ns", *tf.LINEAGE)
 
 
@@ -189,25 +192,55 @@ class BronzeBatch:
         )
 
     def _write(self, enveloped: DataFrame) -> dict[str, int]:
-        counts = {"input": enveloped.count()}
+        present: dict[str | None, int] = dict(enveloped.groupBy(_route_name()).count().collect())
+        counts = {"input": sum(present.values())}
         if counts["input"] == 0:
             return counts
-        rejected = [enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))]
+        outcomes = [enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))]
+        parsed = {}
         for route in ROUTES:
-            parsed = enveloped.transform(route.only).transform(route.parse).persist()
-            good = parsed.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns)
-            n = good.count()
-            if n:
-                upsert_batch(good, route.table, self._settings.table_path(route.table.name))
-                counts[route.table.name] = n
-            rejected.append(parsed.filter(F.col("reason").isNotNull()).select(*enveloped.columns))
-            parsed.unpersist()
-        bad = quarantine_rows(_union(rejected)).persist()
-        counts["quarantined"] = bad.count()
-        if counts["quarantined"]:
-            upsert_batch(bad, tables.QUARANTINE, self._settings.table_path(tables.QUARANTINE.name))
-        bad.unpersist()
+            if present.get(route.kind):
+                parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
+                outcomes.append(parsed[route].select(*enveloped.columns))
+        try:
+            # One job parses every route (filling the caches) and counts the outcomes.
+            tally = (
+                _union(outcomes)
+                .groupBy(_route_name(), F.col("reason").isNull().alias("good"))
+                .count()
+                .collect()
+            )
+            good = {route: n for route, ok, n in tally if ok}
+            writes = [
+                (
+                    route.table,
+                    rows.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns),
+                )
+                for route, rows in parsed.items()
+                if good.get(route.kind)
+            ]
+            if sum(n for _, ok, n in tally if not ok):
+                rejected = _union(outcomes).filter(F.col("reason").isNotNull())
+                writes.append((tables.QUARANTINE, quarantine_rows(rejected)))
+            # A commit is partly driver-side waiting (timeline, listing, small
+            # jobs): the tables are written side by side.
+            with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
+                list(pool.map(lambda w: self._upsert(*w), writes))
+        finally:
+            for rows in parsed.values():
+                rows.unpersist()
+        counts.update((t.name, good.get(k, 0)) for k, t in _TABLE_OF.items() if good.get(k))
+        counts["quarantined"] = sum(n for _, ok, n in tally if not ok)
         return counts
+
+    def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
+        upsert_batch(rows, table, self._settings.table_path(table.name))
+
+
+def _route_name() -> Column:
+    """The route a record takes: its topic's kind, diff depth apart from partial depth."""
+    diff = (F.col("kind") == "depth") & tf.is_diff_depth(F.col("stream"))
+    return F.when(diff, F.lit("depthUpdate")).otherwise(F.col("kind")).alias("route")
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
@@ -231,22 +264,4 @@ def start(spark: SparkSession, settings: Settings, once: bool = False) -> object
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./spark-submit.sh bronze")
-    parser.add_argument("--once", action="store_true", help="process what is there, then stop")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = load_settings()
-    spark = SparkSession.builder.getOrCreate()
-    query = start(spark, settings, once=args.once)
-    log.info(
-        "query %s started: %s -> %s",
-        QUERY_NAME,
-        settings.kafka_bootstrap_servers,
-        settings.table_path(""),
-    )
-    query.awaitTermination()  # type: ignore[attr-defined]
-    return 0
+    return run_layer("bronze", start, argv)

@@ -1,5 +1,10 @@
-"""Bronze benchmark: sustained ingest of a Kafka backlog into the typed Hudi tables,
-against a plain Spark Kafka -> Parquet query over the same records, in one run.
+"""Bronze benchmark, against a plain Spark Kafka -> Parquet query in the same run:
+
+1. throughput: a Kafka backlog drained into the typed Hudi tables (rows/s);
+2. latency: frames published at a fixed rate (1k, 10k frames/s) while the
+   query runs on its configured trigger; each row's latency is the time its
+   commit completed (Hudi's timeline; the file sink's batch log for Parquet)
+   minus the time it was published (its recv_ns header, the live clock).
 
     python -m tests.bench.bronze_bench --loops 2 --reps 2     (part of `make bench`)
 
@@ -7,10 +12,10 @@ The backlog is the real BTCUSDT + ETHUSDT capture (trade, bookTicker, diff
 depth), looped with ids and times shifted (producer/replay/captures.py), and
 published with the producer's headers. Each repetition runs both queries with
 availableNow on fresh checkpoints and tables, in one SparkSession (local[2]),
-with the same batch bound. Reported: rows/s of each, the ratio, and the
-driver JVM's peak RSS. Not measured yet: event-to-visible latency at fixed
-input rates, and HoodieStreamer (its bundle is not served by this machine's
-Maven registry: `make jars-streamer`).
+with the same batch bound. The paced publisher is a separate process, so its
+GIL is not the driver's. Reported: rows/s, latency p50/p99, the ratios, and
+the driver JVM's peak RSS. Not measured: HoodieStreamer (its bundle is not
+served by this machine's Maven registry: `make jars-streamer`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -27,14 +33,17 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 from kafka import KafkaProducer
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession, functions as F
 
-from producer.replay.captures import merge_captures, plan_shifts, shifted
+from producer.replay.captures import Frame, merge_captures, plan_shifts, shifted
 from producer.topics import ensure_topics
+from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
+from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from streaming_jobs.common.spark import session_conf
@@ -45,34 +54,73 @@ STATE = PROJECT_ROOT / ".state" / "bench-bronze"
 BATCH = 50_000
 
 
-def publish(settings: Settings, loops: int) -> int:
+def looped_frames(count: int) -> list[Frame]:
+    """`count` frames of the real capture, looped with ids and times shifted."""
     capture = merge_captures(CAPTURES)
     plan = plan_shifts(capture)
-    offset_ns = capture.frames[0].recv_ns - time.time_ns()  # the replay's clock, as live
+    frames: list[Frame] = []
+    loop = 0
+    while len(frames) < count:
+        frames.extend(shifted(f, loop, plan) for f in capture.frames[: count - len(frames)])
+        loop += 1
+    return frames
+
+
+def _send(producer: KafkaProducer, topics: dict[str, str], frame: Frame, now_ns: int) -> None:
+    """Publish like the producer: received now, on an exchange clock where it was captured."""
+    stream = frame.stream
+    headers = [
+        ("recv_ns", str(now_ns).encode()),
+        ("stream", stream.encode()),
+        ("backfill", b"0"),
+        ("clock_offset_ns", str(frame.recv_ns - now_ns).encode()),
+    ]
+    kind = stream_kind(stream.split("@", 1)[1])
+    key = stream.split("@", 1)[0].upper().encode()
+    producer.send(topics[kind], key=key, value=frame.raw, headers=headers)
+
+
+def publish(settings: Settings, loops: int) -> int:
+    capture_len = len(merge_captures(CAPTURES).frames)
+    frames = looped_frames(capture_len * loops)
+    topics = {kind: spec.name for kind, spec in settings.pipeline.kafka.topics.items()}
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=20
     )
-    sent = 0
-    for loop in range(loops):
-        for frame in capture.frames:
-            moved = shifted(frame, loop, plan)
-            kind = stream_kind(moved.stream.split("@", 1)[1])
-            headers = [
-                ("recv_ns", str(moved.recv_ns - offset_ns).encode()),
-                ("stream", moved.stream.encode()),
-                ("backfill", b"0"),
-                ("clock_offset_ns", str(offset_ns).encode()),
-            ]
-            key = moved.stream.split("@", 1)[0].upper().encode()
-            producer.send(settings.topic(kind).name, key=key, value=moved.raw, headers=headers)
-            sent += 1
+    now_ns = time.time_ns()
+    for frame in frames:
+        _send(producer, topics, frame, now_ns)
     producer.flush()
     producer.close()
-    return sent
+    return len(frames)
+
+
+def paced_publish(
+    bootstrap: str, topics: dict[str, str], rate: int, seconds: float, out: Any
+) -> None:
+    """Publish `rate` frames/s for `seconds` (a child process); report (sent, elapsed)."""
+    frames = looped_frames(int(rate * seconds))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    out.put("ready")
+    started = time.monotonic()
+    sent = 0
+    while sent < len(frames):
+        due = min(len(frames), int((time.monotonic() - started) * rate))
+        if due <= sent:
+            time.sleep(0.002)
+            continue
+        now_ns = time.time_ns()
+        for frame in frames[sent:due]:
+            _send(producer, topics, frame, now_ns)
+        sent = due
+    producer.flush()
+    out.put((sent, time.monotonic() - started))
+    producer.close()
 
 
 def session(settings: Settings) -> SparkSession:
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["TZ"] = "UTC"  # Hudi's instant times are the JVM's local time
     conf = {
         **session_conf(settings, "sql"),
         "spark.master": "local[2]",
@@ -91,18 +139,127 @@ def run_bronze(spark: SparkSession, settings: Settings) -> float:
     return time.perf_counter() - started
 
 
-def run_parquet(spark: SparkSession, settings: Settings, out: Path) -> float:
-    started = time.perf_counter()
-    query = (
+def parquet_query(
+    spark: SparkSession, settings: Settings, out: Path, trigger: dict[str, Any]
+) -> Any:
+    return (
         read_topics(spark, settings, BATCH)
         .writeStream.format("parquet")
         .option("path", str(out / "table"))
         .option("checkpointLocation", str(out / "checkpoint"))
-        .trigger(availableNow=True)
+        .trigger(**trigger)
         .start()
     )
-    query.awaitTermination()
+
+
+def run_parquet(spark: SparkSession, settings: Settings, out: Path) -> float:
+    started = time.perf_counter()
+    parquet_query(spark, settings, out, {"availableNow": True}).awaitTermination()
     return time.perf_counter() - started
+
+
+# --- latency -------------------------------------------------------------------
+
+
+def _instant_ms(instant: str) -> int:
+    """A Hudi instant (yyyyMMddHHmmssSSS, UTC here) as epoch ms."""
+    stamp = dt.datetime.strptime(instant, "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+    return int(stamp.timestamp() * 1000)
+
+
+def hudi_visible(spark: SparkSession, table_path: Path) -> DataFrame:
+    """commit instant -> the epoch ms it completed, from the table's timeline file names."""
+    done = {}
+    for entry in (table_path / ".hoodie" / "timeline").glob("*_*.commit"):
+        instant, completed = entry.name.removesuffix(".commit").split("_")
+        done[instant] = _instant_ms(completed)
+    return spark.createDataFrame(sorted(done.items()), "commit string, visible_ms long")
+
+
+def hudi_latencies(spark: SparkSession, table_path: Path) -> DataFrame:
+    rows = read_table(spark, str(table_path)).select(
+        F.col("_hoodie_commit_time").alias("commit"), "recv_ns"
+    )
+    return rows.join(hudi_visible(spark, table_path), "commit").select(
+        (F.col("visible_ms") - F.col("recv_ns") / 1e6).alias("latency_ms")
+    )
+
+
+def parquet_latencies(spark: SparkSession, out: Path, topic: str) -> DataFrame:
+    """Each file becomes visible when the batch log that lists it is written."""
+    visible: dict[str, int] = {}
+    logs = [p for p in (out / "table" / "_spark_metadata").iterdir() if p.name[0].isdigit()]
+    for log in sorted(logs, key=lambda p: int(p.name.split(".")[0])):
+        at = log.stat().st_mtime_ns // 1_000_000
+        for line in log.read_text().splitlines()[1:]:
+            name = Path(json.loads(line)["path"]).name
+            visible.setdefault(name, at)
+    files = spark.createDataFrame(sorted(visible.items()), "file string, visible_ms long")
+    header = F.filter("headers", lambda h: h["key"] == F.lit("recv_ns"))
+    rows = (
+        spark.read.parquet(str(out / "table"))
+        .select(
+            "topic",
+            F.element_at(header, 1)["value"].cast("string").cast("long").alias("recv_ns"),
+            F.regexp_extract(F.input_file_name(), r"([^/]+)$", 1).alias("file"),
+        )
+        .filter((F.col("topic") == topic) & F.col("recv_ns").isNotNull())
+    )
+    return rows.join(files, "file").select(
+        (F.col("visible_ms") - F.col("recv_ns") / 1e6).alias("latency_ms")
+    )
+
+
+def percentiles(latencies: DataFrame) -> dict[str, float]:
+    row = latencies.agg(
+        F.count("*").alias("rows"),
+        F.percentile("latency_ms", 0.5).alias("p50"),
+        F.percentile("latency_ms", 0.99).alias("p99"),
+        F.max("latency_ms").alias("max"),
+    ).first()
+    assert row is not None
+    return {k: float(row[k] or 0) for k in ("rows", "p50", "p99", "max")}
+
+
+def paced_run(
+    spark: SparkSession, settings: Settings, which: str, rate: int, seconds: float
+) -> dict[str, float]:
+    """Publish at `rate` while one query runs on the bronze trigger; the rows' latencies."""
+    ensure_topics(settings)
+    topics = {kind: spec.name for kind, spec in settings.pipeline.kafka.topics.items()}
+    out = settings.state_dir / "pq"
+    trigger = {"processingTime": settings.layer("bronze").trigger}
+    if which == "bronze":
+        query: Any = start(spark, settings)
+    else:
+        query = parquet_query(spark, settings, out, trigger)
+    ctx = mp.get_context("spawn")
+    channel = ctx.Queue()
+    child = ctx.Process(
+        target=paced_publish,
+        args=(settings.kafka_bootstrap_servers, topics, rate, seconds, channel),
+    )
+    child.start()
+    try:
+        if channel.get(timeout=300) != "ready":
+            raise RuntimeError("publisher failed to start")
+        sent, elapsed = channel.get(timeout=seconds * 10 + 300)
+        drained = time.monotonic()
+        query.processAllAvailable()
+        drain_s = time.monotonic() - drained
+    finally:
+        query.stop()
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    # Trades: the table HoodieStreamer would be compared on (one topic, one key).
+    if which == "bronze":
+        table = Path(urlparse(settings.table_path(tables.TRADES.name)).path)
+        stats = percentiles(hudi_latencies(spark, table))
+    else:
+        stats = percentiles(parquet_latencies(spark, out, topics["trade"]))
+    stats.update(offered_fps=sent / elapsed, sent=sent, drain_s=drain_s)
+    return stats
 
 
 def jvm_peak_rss_mb(spark: SparkSession) -> float:
@@ -113,85 +270,102 @@ def jvm_peak_rss_mb(spark: SparkSession) -> float:
     return 0.0
 
 
+def _with_topics(conf: Path, pipeline: dict[str, Any], env: dict[str, str]) -> Settings:
+    """Settings with fresh topic names and state, so each run starts from nothing."""
+    prefix = f"bb{uuid.uuid4().hex[:6]}"
+    for spec in pipeline["kafka"]["topics"].values():
+        spec["name"] = f"{prefix}.{spec['name'].split('.', 1)[-1]}"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return load_settings(conf, {**env, "STATE_DIR": str(STATE / prefix)})
+
+
+def throughput(
+    spark: SparkSession, conf: Path, pipeline: dict[str, Any], env: dict[str, str], args: Any
+) -> tuple[int, dict[str, list[float]]]:
+    results: dict[str, list[float]] = {"bronze": [], "parquet": [], "ratio": []}
+    rows = 0
+    for rep in range(args.reps):
+        settings = _with_topics(conf, pipeline, env)
+        ensure_topics(settings)
+        rows = publish(settings, args.loops)
+        results["bronze"].append(rows / run_bronze(spark, settings))
+        results["parquet"].append(rows / run_parquet(spark, settings, settings.state_dir / "pq"))
+        results["ratio"].append(results["bronze"][-1] / results["parquet"][-1])
+        print(
+            f"rep {rep + 1}: {rows:,} rows, bronze {results['bronze'][-1]:,.0f}/s, "
+            f"parquet {results['parquet'][-1]:,.0f}/s",
+            file=sys.stderr,
+        )
+    return rows, results
+
+
+def latency(
+    spark: SparkSession, conf: Path, pipeline: dict[str, Any], env: dict[str, str], args: Any
+) -> dict[str, dict[str, dict[str, float]]]:
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for rate in args.rates:
+        results[str(rate)] = {}
+        for which in ("bronze", "parquet"):
+            settings = _with_topics(conf, pipeline, env)
+            stats = paced_run(spark, settings, which, rate, args.seconds)
+            results[str(rate)][which] = stats
+            print(f"{rate}/s {which}: {stats}", file=sys.stderr)
+    return results
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bronze_bench")
-    parser.add_argument("--loops", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--loops", type=int, default=2, help="capture loops per backlog")
+    parser.add_argument("--reps", type=int, default=2, help="throughput repetitions")
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1000, 10000],
+        help="frames/s of the latency runs",
+    )
+    parser.add_argument("--seconds", type=float, default=30, help="publishing time per rate")
     args = parser.parse_args(argv)
     shutil.rmtree(STATE, ignore_errors=True)
     conf = STATE / "conf"
     write_test_conf(conf)
-    env = {**os.environ, "LAKE_CONF_DIR": str(conf), "STATE_DIR": str(STATE)}
+    env = {**os.environ, "LAKE_CONF_DIR": str(conf), "STATE_DIR": str(STATE), "TZ": "UTC"}
     services = [str(PROJECT_ROOT / "infra" / "services.sh")]
     up = subprocess.run([*services, "up", "kafka"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         print(up.stdout, up.stderr, file=sys.stderr)
         return 1
-    results: dict[str, list[float]] = {"bronze": [], "parquet": [], "ratio": []}
     try:
         pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
         pipeline["streaming"]["bronze"]["max_offsets_per_trigger"] = BATCH
         (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
         base = load_settings(conf, env)
         spark = session(base)
-        rows = 0
-        for rep in range(args.reps):
-            prefix = f"bb{uuid.uuid4().hex[:6]}"
-            for spec in pipeline["kafka"]["topics"].values():
-                spec["name"] = f"{prefix}.{spec['name'].split('.', 1)[-1]}"
-            (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-            settings = load_settings(conf, {**env, "STATE_DIR": str(STATE / prefix)})
-            ensure_topics(settings)
-            rows = publish(settings, args.loops)
-            results["bronze"].append(rows / run_bronze(spark, settings))
-            results["parquet"].append(rows / run_parquet(spark, settings, STATE / prefix / "pq"))
-            results["ratio"].append(results["bronze"][-1] / results["parquet"][-1])
-            print(
-                f"rep {rep + 1}: {rows:,} rows, bronze {results['bronze'][-1]:,.0f}/s, "
-                f"parquet {results['parquet'][-1]:,.0f}/s",
-                file=sys.stderr,
-            )
+        rows, rates = throughput(spark, conf, pipeline, env, args)
+        latencies = latency(spark, conf, pipeline, env, args)
         peak = jvm_peak_rss_mb(spark)
         spark.stop()
     finally:
         subprocess.run([*services, "down"], env=env, capture_output=True)
-
-    def spread(values: list[float]) -> str:
-        return f"{statistics.median(values):,.2f} ({min(values):,.2f} - {max(values):,.2f})"
-
-    command = f"python -m tests.bench.bronze_bench --loops {args.loops} --reps {args.reps}"
+    command = (
+        f"python -m tests.bench.bronze_bench --loops {args.loops} --reps {args.reps} "
+        f"--rates {','.join(map(str, args.rates))} --seconds {args.seconds:g}"
+    )
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
         "rows_per_run": rows,
         "repetitions": args.reps,
         "batch_bound": BATCH,
-        "rows_per_second": results,
+        "trigger": base.layer("bronze").trigger,
+        "rows_per_second": rates,
+        "latency_ms": latencies,
         "driver_peak_rss_mb": peak,
         "machine": {"cores": os.cpu_count(), "memory_gb": round(memory_gb(), 1)},
     }
     out = PROJECT_ROOT / "docs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bronze.json").write_text(json.dumps(report, indent=1) + "\n")
-    section = "\n".join(
-        [
-            "## Bronze: Kafka backlog -> typed Hudi tables vs a plain Kafka -> Parquet query",
-            "",
-            f"{report['date']}, {os.cpu_count()} cores; {rows:,} records per run (real capture, "
-            f"looped), batches of {BATCH:,}, {args.reps} repetitions, one SparkSession local[2]; "
-            f"command: `{command}`.",
-            "",
-            "| measured | rows/s, median (range) |",
-            "|---|---|",
-            f"| bronze (7 typed tables + quarantine) | {spread(results['bronze'])} |",
-            f"| plain Kafka -> Parquet | {spread(results['parquet'])} |",
-            f"| bronze / parquet | {spread(results['ratio'])} |",
-            "",
-            f"Driver JVM peak RSS: {peak:.0f} MB. Not measured yet: latency at fixed input rates; "
-            "HoodieStreamer (bundle not served here).",
-            "",
-        ]
-    )
+    section = render(report)
     print(section)
     doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
@@ -201,6 +375,52 @@ def main(argv: list[str]) -> int:
         text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
     doc.write_text(text.rstrip("\n") + "\n\n" + section)
     return 0
+
+
+def render(report: dict[str, Any]) -> str:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):,.2f} ({min(values):,.2f} - {max(values):,.2f})"
+
+    rates = report["rows_per_second"]
+    lines = [
+        "## Bronze: Kafka -> typed Hudi tables vs a plain Kafka -> Parquet query",
+        "",
+        f"{report['date']}, {report['machine']['cores']} cores, one SparkSession local[2]; "
+        f"command: `{report['command']}`.",
+        "",
+        f"Throughput: a backlog of {report['rows_per_run']:,} records (real capture, looped), "
+        f"batches of {report['batch_bound']:,}, availableNow, {report['repetitions']} "
+        "repetitions.",
+        "",
+        "| measured | rows/s, median (range) |",
+        "|---|---|",
+        f"| bronze (7 typed tables + quarantine) | {spread(rates['bronze'])} |",
+        f"| plain Kafka -> Parquet | {spread(rates['parquet'])} |",
+        f"| bronze / parquet | {spread(rates['ratio'])} |",
+        "",
+        f"Latency of trades, publish -> visible in a snapshot query, trigger "
+        f"`{report['trigger']}`, frames published at a fixed rate by a separate process "
+        "(all stream types, as captured):",
+        "",
+        "| offered frames/s | query | trade rows | p50 s | p99 s | max s | drain after "
+        "publishing s | p99 / parquet p99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rate, runs in report["latency_ms"].items():
+        base = runs["parquet"]["p99"] or 1.0
+        for which, st in runs.items():
+            lines.append(
+                f"| {int(rate):,} (got {st['offered_fps']:,.0f}) | {which} | {st['rows']:,.0f} | "
+                f"{st['p50'] / 1000:.2f} | {st['p99'] / 1000:.2f} | {st['max'] / 1000:.2f} | "
+                f"{st['drain_s']:.1f} | {st['p99'] / base:.2f} |"
+            )
+    lines += [
+        "",
+        f"Driver JVM peak RSS: {report['driver_peak_rss_mb']:.0f} MB. Not measured: "
+        "HoodieStreamer (its bundle is not served by this machine's registry).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
