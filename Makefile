@@ -3,7 +3,7 @@
 # proxy, Debian), idempotent and cached: a second run does nothing.
 #
 #   make setup     venv + project, Spark jars, Kafka broker libs, MinIO, Prometheus
-#   make up        start Kafka, MinIO, Prometheus, the producer live against Binance, and bronze
+#   make up        start Kafka, MinIO, Prometheus, the producer live against Binance, bronze, silver
 #   make demo      the same offline: the producer reads the replay exchange serving a real capture
 #                  (CAPTURE=f1[,f2] SPEED=<factor>|max; ONCE=1 plays once, waits, stops, exits 0)
 #   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
@@ -80,6 +80,7 @@ demo: setup
 	@SPEED=$${SPEED:-$(if $(ONCE),max,1)} infra/replay.sh start
 	@PRODUCER_SOURCE=replay infra/producer.sh start
 	@infra/bronze.sh start
+	@infra/silver.sh start
 	@if [[ -n "$(ONCE)" ]]; then \
 	  rc=0; $(PY) infra/await_demo.py || rc=$$?; \
 	  infra/services.sh down; exit $$rc; \
@@ -111,11 +112,11 @@ test: setup
 
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
-	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2
+	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 30
 
 bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
-	$(PY) -m tests.bench.bronze_bench --loops 1 --reps 1
+	$(PY) -m tests.bench.bronze_bench --loops 1 --reps 1 --rates 1000 --seconds 15
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check producer streaming_jobs tests infra

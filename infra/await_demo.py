@@ -3,8 +3,8 @@
 Done means: the replay exchange has played every loop; the producer has
 handled every frame it received, has no record in flight and no backfill
 pending, with its handled count unchanged across two polls; and the bronze
-query has committed everything in Kafka (lag 0). Later layers add their own
-conditions here (silver, gold caught up). Exits 1 with the
+query has committed everything in Kafka (lag 0), and silver every commit of
+the bronze table it reads. Later layers add their own conditions here. Exits 1 with the
 reason when the deadline (DEMO_TIMEOUT_S, default 1800) passes first.
 """
 
@@ -49,11 +49,18 @@ def main() -> int:
             handled = producer["frames_handled"]
             drained = producer["pending_records"] == 0 and producer["backfill_idle"]
             bronze_lag = progress.lag(settings, "bronze") if drained else None
-            if status["done"] and drained and handled == last_handled and bronze_lag == 0:
+            silver_lag = (
+                progress.commits_behind(settings, "silver", progress.silver_source(settings))
+                if bronze_lag == 0
+                else None
+            )
+            settled = status["done"] and drained and handled == last_handled
+            if settled and bronze_lag == 0 and silver_lag == 0:
                 return report(settings, handled)
             why = (
                 f"replay {'done' if status['done'] else 'playing'}, producer handled {handled}, "
-                f"{producer['pending_records']} in flight, bronze lag {bronze_lag}"
+                f"{producer['pending_records']} in flight, bronze lag {bronze_lag}, "
+                f"silver {silver_lag} commits behind"
             )
             last_handled = handled
         time.sleep(POLL_S)
@@ -71,7 +78,7 @@ def report(settings: Any, handled: int) -> int:
             print(f"  {spec.name:<24} {total:>9} records ({kind})")
     finally:
         consumer.close()
-    print("bronze tables (last commit, UTC):")
+    print("tables (last commit, UTC):")
     for table in progress.tables(settings):
         when = progress.last_commit(settings, table)
         print(f"  {table:<24} {when.isoformat(timespec='seconds') if when else '-'}")

@@ -89,7 +89,9 @@ wait_healthy() {
   shift 3
   local deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
-    if ! pid_of "$name" "$pattern" >/dev/null; then
+    # /proc/<pid>/cmdline reads empty for an instant while a wrapper execs
+    # (spark-submit.sh -> spark-class -> java): look twice before judging.
+    if ! pid_of "$name" "$pattern" >/dev/null && ! { sleep 0.5; pid_of "$name" "$pattern" >/dev/null; }; then
       echo "$name: exited during start-up; last lines of $(log_path "$name"):" >&2
       tail -n 20 "$(log_path "$name")" >&2
       return 1

@@ -33,7 +33,6 @@ from streaming_jobs.common.settings import Settings
 log = logging.getLogger(__name__)
 
 _STATE_SAVE_S = 1.0
-_CLOCK_SYNC_S = 60.0
 
 
 class Producer:
@@ -190,7 +189,7 @@ class Producer:
         try:
             while not self._stop.wait(_STATE_SAVE_S):
                 self.tracker.save()
-                if time.monotonic() - last_sync >= _CLOCK_SYNC_S:
+                if time.monotonic() - last_sync >= self.settings.producer.clock_sync_s:
                     self._sync_clock()
                     last_sync = time.monotonic()
         finally:

@@ -35,3 +35,23 @@ def await_true(what: str, condition: Callable[[], Any], deadline_s: float) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def talib_reference(closes: Any) -> dict[str, Any]:
+    """TA-Lib's values of silver's ten indicator columns over a close series."""
+    import talib
+
+    macd, signal, hist = talib.MACD(closes, 12, 26, 9)
+    upper, middle, lower = talib.BBANDS(closes, 20, 2.0, 2.0, 0)
+    return {
+        "sma_20": talib.SMA(closes, 20),
+        "ema_12": talib.EMA(closes, 12),
+        "ema_26": talib.EMA(closes, 26),
+        "rsi_14": talib.RSI(closes, 14),
+        "macd": macd,
+        "macd_signal": signal,
+        "macd_hist": hist,
+        "bb_upper": upper,
+        "bb_middle": middle,
+        "bb_lower": lower,
+    }

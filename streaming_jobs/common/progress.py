@@ -109,16 +109,36 @@ def lag(settings: Settings, query: str) -> int | None:
     return sum(max(0, end - done.get(tp, 0)) for tp, end in end_offsets(settings).items())
 
 
-def last_commit(settings: Settings, table: str) -> dt.datetime | None:
+def _instants(settings: Settings, table: str) -> list[str]:
     store = _Store(settings)
-    instants = [
+    return sorted(
         m.group(1)
         for n in store.list(f"{settings.table_path(table)}/.hoodie")
         if (m := _INSTANT.search(n))
-    ]
+    )
+
+
+def last_commit(settings: Settings, table: str) -> dt.datetime | None:
+    instants = _instants(settings, table)
     if not instants:
         return None
-    return dt.datetime.strptime(max(instants), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+    return dt.datetime.strptime(instants[-1], "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+
+
+def commits_behind(settings: Settings, query: str, table: str) -> int | None:
+    """Commits of Hudi `table` a query reading it as a stream has not committed yet.
+
+    None before the query's first batch (a table with no commit is 0 behind).
+    """
+    store = _Store(settings)
+    root = settings.checkpoint_path(query)
+    _planned, commits = batches(settings, query)
+    if not commits:
+        return None if _instants(settings, table) else 0
+    done = ""
+    for line in store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()[2:]:
+        done = max(done, json.loads(line).get("offsetCommitTime", ""))
+    return sum(1 for instant in _instants(settings, table) if instant > done)
 
 
 def tables(settings: Settings) -> list[str]:
@@ -131,6 +151,11 @@ def tables(settings: Settings) -> list[str]:
     return sorted(names)
 
 
+def silver_source(settings: Settings) -> str:
+    """The bronze table silver builds bars from (conf: streaming.silver.bars_from)."""
+    return f"bronze_{settings.pipeline.streaming.silver.bars_from}"
+
+
 def main() -> int:
     settings = load_settings()
     try:
@@ -139,6 +164,12 @@ def main() -> int:
         print(
             f"{'bronze':<12} {'-' if behind is None else behind:<14} "
             f"{settings.checkpoint_path('bronze')}"
+        )
+        source = silver_source(settings)
+        behind = commits_behind(settings, "silver", source)
+        print(
+            f"{'silver':<12} {'-' if behind is None else f'{behind} commits':<14} "
+            f"{settings.checkpoint_path('silver')} (reads {source})"
         )
         print(f"\n{'TABLE':<24} LAST COMMIT (UTC)")
         for table in tables(settings):

@@ -72,6 +72,40 @@ def _check_duration(value: str, what: str) -> None:
         raise ValueError(f"{what} {value!r} is not a duration like '10 seconds' or '1 minute'")
 
 
+_DURATION_UNIT_MS = {
+    "millisecond": 1,
+    "second": 1000,
+    "minute": 60_000,
+    "hour": 3_600_000,
+    "day": 86_400_000,
+}
+
+
+def duration_ms(value: str) -> int:
+    """'2 minutes' -> 120000 (the duration syntax Spark's triggers and watermarks take)."""
+    _check_duration(value, "duration")
+    count, unit = value.split()
+    return int(count) * _DURATION_UNIT_MS[unit.removesuffix("s")]
+
+
+# Binance's kline intervals that tile a UTC day, so a bar's open time is its
+# start floored to the interval since the epoch (3d, 1w and 1M are not).
+INTERVAL_MS = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+}
+
+
 def _check_port(value: int, what: str) -> None:
     if not 1 <= value <= 65535:
         raise ValueError(f"{what} {value} is not a TCP port (1-65535)")
@@ -193,9 +227,40 @@ class LayerSettings:
 
 
 @dataclass(frozen=True)
+class SilverSettings(LayerSettings):
+    # Bar intervals; 1m is built from trades, the others roll up from 1m.
+    intervals: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+    # The bronze table bars are built from: `trades` or `agg_trades`.
+    bars_from: str = "trades"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.watermark is None:
+            raise ValueError(
+                "silver needs a watermark (how late a trade may be before its bar is final)"
+            )
+        unknown = [i for i in self.intervals if i not in INTERVAL_MS]
+        if unknown:
+            raise ValueError(f"interval {unknown[0]!r} is not one of {', '.join(INTERVAL_MS)}")
+        if (
+            not self.intervals
+            or self.intervals[0] != "1m"
+            or len(set(self.intervals)) != len(self.intervals)
+        ):
+            raise ValueError("intervals must start with 1m and list each interval once")
+        if self.bars_from not in ("trades", "agg_trades"):
+            raise ValueError(f"bars_from must be trades or agg_trades, got {self.bars_from!r}")
+
+    @property
+    def watermark_ms(self) -> int:
+        assert self.watermark is not None
+        return duration_ms(self.watermark)
+
+
+@dataclass(frozen=True)
 class StreamingSettings:
     bronze: LayerSettings
-    silver: LayerSettings
+    silver: SilverSettings
     gold: LayerSettings
     sql_ui_port: int = 4043
 
@@ -222,6 +287,8 @@ class ProducerSettings:
     backoff_max_s: float = 60.0
     # Binance's limit is 300 connection attempts per 5 minutes per IP.
     max_attempts_per_5min: int = 250
+    # How often the exchange's clock is read (the offset judges exchange times).
+    clock_sync_s: float = 60.0
     # Where the last ids per symbol survive a restart (relative to the state dir).
     state_file: str = "producer/state.json"
     # Trade gaps are filled from /api/v3/historicalTrades (trade ids).
