@@ -293,6 +293,7 @@ def test_sigkill_mid_batch_then_restart_gives_the_uninterrupted_output(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
     def batches_or_fail() -> tuple[list[int], list[int]]:
         assert driver.poll() is None, (tmp_path / "silver.log").read_text()[-3000:]
         return progress.batches(settings, "silver")
