@@ -113,10 +113,12 @@ test: setup
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
 	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 30
+	$(PY) -m tests.bench.silver_bench --loops 88
 
 bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
 	$(PY) -m tests.bench.bronze_bench --loops 1 --reps 1 --rates 1000 --seconds 15
+	$(PY) -m tests.bench.silver_bench --loops 10
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check producer streaming_jobs tests infra

@@ -16,6 +16,7 @@ Traps this module exists to avoid (see ../shared/docs/stack.md):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,10 +88,19 @@ def _fs_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
 
 
+_COMPLETED = re.compile(r"^[0-9]{17}_[0-9]{17}\.(commit|deltacommit|replacecommit)$")
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
-    """Whether a Hudi table has been created at `path` (its first commit made .hoodie)."""
+    """Whether a Hudi table at `path` has a completed commit (so its schema can be read).
+
+    .hoodie appears when the first commit starts; readers must wait for it to complete.
+    """
     fs, root = _fs_path(spark, path)
-    return bool(fs.exists(root.suffix("/.hoodie/hoodie.properties")))
+    timeline = root.suffix("/.hoodie/timeline")
+    if not fs.exists(timeline):
+        return False
+    return any(_COMPLETED.match(s.getPath().getName()) for s in fs.listStatus(timeline))
 
 
 def list_tables(spark: SparkSession, tables_root: str) -> dict[str, str]:
