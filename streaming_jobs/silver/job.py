@@ -402,7 +402,14 @@ def _ripe_columns() -> list[str]:
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:
     layer = settings.pipeline.streaming.silver
     source = settings.table_path(SOURCES[layer.bars_from].name)
-    stream = spark.readStream.format("hudi").load(source)
+    stream = (
+        spark.readStream.format("hudi")
+        # Behind by more commits than bronze retains (a long outage), read
+        # the table whole rather than fail (hudi#7778); the batch is then
+        # large but correct, since every touched span is recomputed.
+        .option("hoodie.datasource.read.incr.fallback.fulltablescan.enable", "true")
+        .load(source)
+    )
     writer = (
         stream.writeStream.queryName(QUERY_NAME)
         .foreachBatch(SilverBatch(spark, settings))
