@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -48,6 +47,7 @@ from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from streaming_jobs.common.spark import session_conf
 from tests.bench.producer_bench import CAPTURES, memory_gb
+from tests.bench.results import kafka_running, publish_results
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-bronze"
@@ -329,12 +329,7 @@ def main(argv: list[str]) -> int:
     conf = STATE / "conf"
     write_test_conf(conf)
     env = {**os.environ, "LAKE_CONF_DIR": str(conf), "STATE_DIR": str(STATE), "TZ": "UTC"}
-    services = [str(PROJECT_ROOT / "infra" / "services.sh")]
-    up = subprocess.run([*services, "up", "kafka"], env=env, capture_output=True, text=True)
-    if up.returncode != 0:
-        print(up.stdout, up.stderr, file=sys.stderr)
-        return 1
-    try:
+    with kafka_running(env):
         pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
         pipeline["streaming"]["bronze"]["max_offsets_per_trigger"] = BATCH
         (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
@@ -344,8 +339,6 @@ def main(argv: list[str]) -> int:
         latencies = latency(spark, conf, pipeline, env, args)
         peak = jvm_peak_rss_mb(spark)
         spark.stop()
-    finally:
-        subprocess.run([*services, "down"], env=env, capture_output=True)
     command = (
         f"python -m tests.bench.bronze_bench --loops {args.loops} --reps {args.reps} "
         f"--rates {','.join(map(str, args.rates))} --seconds {args.seconds:g}"
@@ -362,18 +355,7 @@ def main(argv: list[str]) -> int:
         "driver_peak_rss_mb": peak,
         "machine": {"cores": os.cpu_count(), "memory_gb": round(memory_gb(), 1)},
     }
-    out = PROJECT_ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bronze.json").write_text(json.dumps(report, indent=1) + "\n")
-    section = render(report)
-    print(section)
-    doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    begin = text.find("## Bronze:")
-    if begin >= 0:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
-    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+    publish_results("bronze", report, render(report))
     return 0
 
 

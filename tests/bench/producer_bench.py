@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shutil
@@ -42,6 +41,7 @@ from kafka.admin import NewTopic
 from producer.replay.captures import merge_captures
 from producer.topics import admin_client, ensure_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from tests.bench.results import kafka_running, publish_results
 from tests.conftest import write_test_conf
 from tests.support import free_port, get_json
 
@@ -235,12 +235,7 @@ def main(argv: list[str]) -> int:
         )
     )
     env = {**os.environ, "LAKE_CONF_DIR": str(conf), "STATE_DIR": str(STATE)}
-    services = [str(PROJECT_ROOT / "infra" / "services.sh")]
-    up = subprocess.run([*services, "up", "kafka"], env=env, capture_output=True, text=True)
-    if up.returncode != 0:
-        print(up.stdout, up.stderr, file=sys.stderr)
-        return 1
-    try:
+    with kafka_running(env):
         capture = merge_captures(CAPTURES)
         per_loop = len(capture.frames)
         expected = per_loop * args.loops
@@ -262,8 +257,6 @@ def main(argv: list[str]) -> int:
                 f"{rate:,.0f}/s, bare {results['bare'][-1]:,.0f}/s",
                 file=sys.stderr,
             )
-    finally:
-        subprocess.run([*services, "down"], env=env, capture_output=True)
 
     command = (
         f"make bench (python -m tests.bench.producer_bench --loops {args.loops} --reps {args.reps})"
@@ -294,9 +287,6 @@ def memory_gb() -> float:
 
 
 def write_report(report: dict[str, Any]) -> None:
-    out = PROJECT_ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "producer.json").write_text(json.dumps(report, indent=1) + "\n")
     fps, ratio = report["frames_per_second"], report["producer_vs_bare"]
     rows = [
         "| measured | median frames/s | range |",
@@ -324,15 +314,7 @@ def write_report(report: dict[str, Any]) -> None:
             "",
         ]
     )
-    print(section)
-    doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
-    header = "# Benchmarks\n\nEvery figure here was produced by the command next to it.\n\n"
-    text = doc.read_text() if doc.exists() else header
-    start = text.find("## Producer:")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+    publish_results("producer", report, section)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,10 +54,11 @@ from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.bronze.job import start as start_bronze
 from streaming_jobs.common.hudi import HUDI_FORMAT, read_table, table_exists, write_options
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
-from streaming_jobs.silver import tables
+from streaming_jobs.silver import bars as B, tables
 from streaming_jobs.silver.job import start
 from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session
 from tests.bench.producer_bench import memory_gb
+from tests.bench.results import kafka_running, publish_results
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-silver"
@@ -230,18 +230,9 @@ def main(argv: list[str]) -> int:
     spark = session(settings)
     fresh: dict[str, float] = {}
     if args.freshness_s:
-        services = [str(PROJECT_ROOT / "infra" / "services.sh")]
         live_env = {**env, "STATE_DIR": str(STATE / "live")}
-        up = subprocess.run(
-            [*services, "up", "kafka"], env=live_env, capture_output=True, text=True
-        )
-        if up.returncode != 0:
-            print(up.stdout, up.stderr, file=sys.stderr)
-            return 1
-        try:
+        with kafka_running(live_env):
             fresh = freshness(spark, load_settings(STATE / "conf", live_env), args.freshness_s)
-        finally:
-            subprocess.run([*services, "down"], env=live_env, capture_output=True)
         print(f"freshness: {fresh}", file=sys.stderr)
     trades = write_backlog(spark, settings.table_path(bronze.TRADES.name), args.loops)
     print(f"{trades:,} trades in bronze_trades", file=sys.stderr)
@@ -269,15 +260,7 @@ def main(argv: list[str]) -> int:
         .select(
             "symbol",
             F.unix_millis("open_time").alias("open_ms"),
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "quote_volume",
-            "trade_count",
-            "taker_buy_base",
-            "taker_buy_quote",
+            *B.BAR_COLUMNS[2 : B.BAR_COLUMNS.index("first_trade_id")],
         )
         .collect()
     }
@@ -309,9 +292,6 @@ def main(argv: list[str]) -> int:
         "driver_peak_rss_mb": peak,
         "machine": {"cores": os.cpu_count(), "memory_gb": round(memory_gb(), 1)},
     }
-    out = PROJECT_ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "silver.json").write_text(json.dumps(report, indent=1) + "\n")
     section = "\n".join(
         [
             "## Silver: backfill from bronze_trades vs DuckDB",
@@ -334,14 +314,7 @@ def main(argv: list[str]) -> int:
             "",
         ]
     )
-    print(section)
-    doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
-    text = doc.read_text()
-    begin = text.find("## Silver:")
-    if begin >= 0:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
-    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+    publish_results("silver", report, section)
     return 0
 
 

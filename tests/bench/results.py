@@ -1,0 +1,45 @@
+"""What every benchmark shares: a Kafka broker for its run, and where its results go."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from streaming_jobs.common.settings import PROJECT_ROOT
+
+SERVICES = str(PROJECT_ROOT / "infra" / "services.sh")
+DOC_HEADER = "# Benchmarks\n\nEvery figure here was produced by the command next to it.\n\n"
+
+
+@contextmanager
+def kafka_running(env: dict[str, str]) -> Iterator[None]:
+    """The broker of `env`'s state dir, up for the block and stopped after it."""
+    up = subprocess.run([SERVICES, "up", "kafka"], env=env, capture_output=True, text=True)
+    if up.returncode != 0:
+        raise SystemExit(f"kafka did not start:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield
+    finally:
+        subprocess.run([SERVICES, "down"], env=env, capture_output=True)
+
+
+def publish_results(name: str, report: dict[str, Any], section: str) -> None:
+    """docs/bench/<name>.json, and `section` in place of its namesake in docs/BENCHMARKS.md.
+
+    A section is found by its heading up to the colon ("## Bronze:").
+    """
+    out = PROJECT_ROOT / "docs" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(section)
+    doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
+    text = doc.read_text() if doc.exists() else DOC_HEADER
+    heading = section.split(":", 1)[0] + ":"
+    begin = text.find(heading)
+    if begin >= 0:
+        end = text.find("\n## ", begin + 1)
+        text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
+    doc.write_text(text.rstrip("\n") + "\n\n" + section)
