@@ -105,12 +105,9 @@ class SilverBatch:
 
     def __init__(self, spark: SparkSession, settings: Settings):
         self._spark = spark
-        self._settings = settings
-        layer = settings.pipeline.streaming.silver
-        self._layer = layer
-        self._source = SOURCES[layer.bars_from]
+        self._layer = settings.pipeline.streaming.silver
         self._path = settings.table_path(tables.OHLCV.name)
-        self._source_path = settings.table_path(self._source.name)
+        self._source_path = settings.table_path(SOURCES[self._layer.bars_from].name)
         self._max_event_ms = self._stored_max_event_ms()
         self.late_trades = 0  # since this driver started; each batch logs its own
 
