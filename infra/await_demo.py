@@ -3,7 +3,7 @@
 Done means: the replay exchange has played every loop; the producer has
 handled every frame it received, has no record in flight and no backfill
 pending, with its handled count unchanged across two polls; and the bronze
-query has committed everything in Kafka (lag 0), and silver every commit of
+queries have committed everything in Kafka (lag 0), and silver every commit of
 the bronze table it reads. Later layers add their own conditions here. Exits 1 with the
 reason when the deadline (DEMO_TIMEOUT_S, default 1800) passes first.
 """
@@ -48,7 +48,7 @@ def main() -> int:
         else:
             handled = producer["frames_handled"]
             drained = producer["pending_records"] == 0 and producer["backfill_idle"]
-            bronze_lag = progress.lag(settings, "bronze") if drained else None
+            bronze_lag = progress.bronze_lag(settings) if drained else None
             silver_lag = (
                 progress.commits_behind(settings, "silver", progress.silver_source(settings))
                 if bronze_lag == 0

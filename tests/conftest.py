@@ -37,7 +37,7 @@ SERVICES_SCRIPT = PROJECT_ROOT / "infra" / "services.sh"
 
 
 def write_test_conf(conf_dir: Path) -> None:
-    """conf/ with every port shifted and a fast scrape interval."""
+    """conf/ with every port shifted, a fast scrape interval and bronze trigger."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     pipeline = yaml.safe_load((PROJECT_ROOT / "conf" / "pipeline.yaml").read_text())
     services = pipeline["services"]
@@ -46,6 +46,9 @@ def write_test_conf(conf_dir: Path) -> None:
             services[key] = value + PORT_SHIFT
     services["scrape_interval"] = "1s"
     streaming = pipeline["streaming"]
+    # Bronze's bulk streams on a shorter trigger: runs that wait for bronze
+    # to catch up end sooner.
+    streaming["bronze"]["trigger"] = "5 seconds"
     for layer in ("bronze", "silver", "gold"):
         streaming[layer]["ui_port"] += PORT_SHIFT
     streaming["sql_ui_port"] += PORT_SHIFT

@@ -1,4 +1,4 @@
-"""The bronze query: every producer topic -> foreachBatch -> typed Hudi upserts + quarantine.
+"""The bronze queries: producer topics -> foreachBatch -> typed Hudi upserts + quarantine.
 
     ./spark-submit.sh bronze [--once]
 
@@ -6,8 +6,15 @@ Each micro-batch is enveloped once (lineage, stream, symbol), split by
 stream type, parsed and validated (transform.py), and upserted into its
 table by key; rows that fail go to `bronze_quarantine` keyed by their Kafka
 coordinates. Every write is an idempotent upsert, so a batch replayed after
-a crash (foreachBatch has no batch-id skip) changes nothing. The checkpoint
-lives under the storage profile (local disk or MinIO).
+a crash (foreachBatch has no batch-id skip) changes nothing. Checkpoints
+live under the storage profile (local disk or MinIO).
+
+Two queries share the driver (Settings.bronze_queries): `bronze_fast` reads
+the fast lane's topics (trades, aggTrades) on a short trigger and writes
+their tables; `bronze` reads every topic on the longer trigger, writes the
+other tables and the quarantine rows of all. A trade thus waits for one
+commit, not for the depth and ticker commits of its batch, and every table
+still has exactly one writer.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F
+from pyspark.sql.streaming.query import StreamingQuery
 
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.common.hudi import HudiTable, upsert_batch
@@ -28,7 +36,6 @@ from streaming_jobs.common.settings import Settings
 
 log = logging.getLogger("bronze")
 
-QUERY_NAME = "bronze"
 # Tables committed at once within a batch (see BronzeBatch._write).
 UPSERT_THREADS = 4
 
@@ -42,6 +49,33 @@ class Route:
     parse: Callable[[DataFrame], DataFrame]
     table: HudiTable
     columns: tuple[str, ...]
+
+    @property
+    def topic(self) -> str:
+        """The stream type whose topic the route reads (diff depth shares depth's)."""
+        return "depth" if self.kind == "depthUpdate" else self.kind
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One bronze query: what it reads, which tables it writes, how often."""
+
+    query: str
+    reads: tuple[str, ...]
+    writes: frozenset[str]
+    quarantine: bool
+    trigger: str
+
+
+def lanes(settings: Settings) -> list[Lane]:
+    bronze = settings.pipeline.streaming.bronze
+    queries = settings.bronze_queries()
+    fast = frozenset(bronze.fast_lane)
+    every = frozenset(route.topic for route in ROUTES)
+    out = [Lane("bronze", queries["bronze"], every - fast, True, bronze.trigger)]
+    if fast:
+        out.append(Lane("bronze_fast", queries["bronze_fast"], fast, False, bronze.fast_trigger))
+    return out
 
 
 def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], DataFrame]:
@@ -156,7 +190,6 @@ ROUTES = (
         ("update_id", "bid_price", "bid_qty", "ask_price", "ask_qty"),
     ),
 )
-_TABLE_OF = {route.kind: route.table for route in ROUTES}
 QUARANTINE_COLUMNS = ("raw", "reason", "stream", "symbol", "recv_ns", *tf.LINEAGE)
 
 
@@ -172,8 +205,9 @@ def quarantine_rows(df: DataFrame) -> DataFrame:
 class BronzeBatch:
     """The foreachBatch function: an ordinary (df, batch_id) callable, testable on static frames."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, lane: Lane | None = None):
         self._settings = settings
+        self._lane = lane or Lane("bronze", (), frozenset(r.topic for r in ROUTES), True, "")
         topics = settings.pipeline.kafka.topics
         self._envelope = tf.with_envelope({spec.name: kind for kind, spec in topics.items()})
 
@@ -185,7 +219,8 @@ class BronzeBatch:
         finally:
             enveloped.unpersist()
         log.info(
-            "batch %d: %s in %.1f s",
+            "%s batch %d: %s in %.1f s",
+            self._lane.query,
             batch_id,
             ", ".join(f"{k} {v}" for k, v in counts.items()) or "empty",
             time.monotonic() - started,
@@ -217,9 +252,9 @@ class BronzeBatch:
                     rows.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns),
                 )
                 for route, rows in parsed.items()
-                if good.get(route.kind)
+                if good.get(route.kind) and route.topic in self._lane.writes
             ]
-            if sum(n for _, ok, n in tally if not ok):
+            if self._lane.quarantine and sum(n for _, ok, n in tally if not ok):
                 rejected = _union(outcomes).filter(F.col("reason").isNotNull())
                 writes.append((tables.QUARANTINE, quarantine_rows(rejected)))
             # A commit is partly driver-side waiting (timeline, listing, small
@@ -229,8 +264,13 @@ class BronzeBatch:
         finally:
             for rows in parsed.values():
                 rows.unpersist()
-        counts.update((t.name, good.get(k, 0)) for k, t in _TABLE_OF.items() if good.get(k))
-        counts["quarantined"] = sum(n for _, ok, n in tally if not ok)
+        counts.update(
+            (route.table.name, good[route.kind])
+            for route in parsed
+            if good.get(route.kind) and route.topic in self._lane.writes
+        )
+        rejected = sum(n for _, ok, n in tally if not ok)
+        counts["quarantined" if self._lane.quarantine else "rejected (for bronze)"] = rejected
         return counts
 
     def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
@@ -250,17 +290,20 @@ def _union(frames: list[DataFrame]) -> DataFrame:
     return out
 
 
-def start(spark: SparkSession, settings: Settings, once: bool = False) -> object:
-    stream = read_topics(spark, settings, settings.layer("bronze").max_offsets_per_trigger)
-    writer = (
-        stream.writeStream.queryName(QUERY_NAME)
-        .foreachBatch(BronzeBatch(settings))
-        .option("checkpointLocation", settings.checkpoint_path(QUERY_NAME))
-    )
-    trigger = (
-        {"availableNow": True} if once else {"processingTime": settings.layer("bronze").trigger}
-    )
-    return writer.trigger(**trigger).start()
+def start(spark: SparkSession, settings: Settings, once: bool = False) -> list[StreamingQuery]:
+    """Start every lane; `once`: each processes what is there, then stops."""
+    bound = settings.layer("bronze").max_offsets_per_trigger
+    queries = []
+    for lane in lanes(settings):
+        writer = (
+            read_topics(spark, settings, bound, lane.reads)
+            .writeStream.queryName(lane.query)
+            .foreachBatch(BronzeBatch(settings, lane))
+            .option("checkpointLocation", settings.checkpoint_path(lane.query))
+        )
+        trigger = {"availableNow": True} if once else {"processingTime": lane.trigger}
+        queries.append(writer.trigger(**trigger).start())
+    return queries
 
 
 def main(argv: list[str]) -> int:

@@ -1,8 +1,8 @@
 """Reading the producer's topics as a stream: the one place its source options are set.
 
-Every topic of conf/pipeline.yaml, from the earliest offset the checkpoint
-does not cover, with the producer's headers (lineage), optionally bounded
-per micro-batch.
+The topics of conf/pipeline.yaml (all, or those of some stream types), from
+the earliest offset the checkpoint does not cover, with the producer's
+headers (lineage), optionally bounded per micro-batch.
 """
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ from streaming_jobs.common.settings import Settings
 
 
 def read_topics(
-    spark: SparkSession, settings: Settings, max_offsets_per_trigger: int | None = None
+    spark: SparkSession,
+    settings: Settings,
+    max_offsets_per_trigger: int | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> DataFrame:
-    topics = ",".join(spec.name for spec in settings.pipeline.kafka.topics.values())
+    """The topics of stream types `kinds` (None: every topic)."""
+    topics = ",".join(
+        spec.name
+        for kind, spec in settings.pipeline.kafka.topics.items()
+        if kinds is None or kind in kinds
+    )
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)

@@ -3,7 +3,7 @@
     ./spark-submit.sh <layer> [--once]
 
 A layer module provides `start(spark, settings, once)` returning its
-streaming query, and optionally `prepare(spark, settings)` (e.g. wait for
+streaming query (or queries), and optionally `prepare(spark, settings)` (e.g. wait for
 its source table); `run_layer` does the rest, the same way for each.
 """
 
@@ -40,12 +40,29 @@ def run_layer(
     spark = SparkSession.builder.getOrCreate()
     if prepare is not None:
         prepare(spark, settings)
-    query = start(spark, settings, args.once)
-    logging.getLogger(layer).info(
-        "query %s started (%s), tables under %s",
-        layer,
-        "until caught up" if args.once else settings.layer(layer).trigger,
-        settings.table_path(""),
-    )
-    query.awaitTermination()
+    started = start(spark, settings, args.once)
+    queries = started if isinstance(started, list) else [started]
+    for query in queries:
+        logging.getLogger(layer).info(
+            "query %s started (%s), tables under %s",
+            query.name,
+            "until caught up" if args.once else "continuous",
+            settings.table_path(""),
+        )
+    await_all(spark, queries)
     return 0
+
+
+def await_all(spark: SparkSession, queries: list[Any]) -> None:
+    """Return when every query has stopped; raise as soon as one fails.
+
+    A failed query ends the driver (and so its sibling queries): the
+    supervisor restarts it, and each query resumes from its checkpoint.
+    """
+    while any(query.isActive for query in queries):
+        spark.streams.awaitAnyTermination()  # raises the failure of a failed query
+        spark.streams.resetTerminated()
+    for query in queries:
+        failure = query.exception()
+        if failure is not None:
+            raise failure

@@ -86,12 +86,16 @@ def committed_offsets(settings: Settings, query: str) -> dict[tuple[str, int], i
     return offsets
 
 
-def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+def end_offsets(
+    settings: Settings, kinds: tuple[str, ...] | None = None
+) -> dict[tuple[str, int], int]:
+    """End offsets of the topics of stream types `kinds` (None: every topic)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:
         partitions = [
             TopicPartition(spec.name, p)
-            for spec in settings.pipeline.kafka.topics.values()
+            for kind, spec in settings.pipeline.kafka.topics.items()
+            if kinds is None or kind in kinds
             for p in consumer.partitions_for_topic(spec.name) or ()
         ]
         return {
@@ -102,11 +106,18 @@ def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
 
 
 def lag(settings: Settings, query: str) -> int | None:
-    """Records in Kafka the query has not committed yet (None: no batch committed)."""
+    """Records in the topics a bronze query reads it has not committed (None: no batch yet)."""
     done = committed_offsets(settings, query)
     if done is None:
         return None
-    return sum(max(0, end - done.get(tp, 0)) for tp, end in end_offsets(settings).items())
+    ends = end_offsets(settings, settings.bronze_queries()[query])
+    return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+
+
+def bronze_lag(settings: Settings) -> int | None:
+    """Records some bronze query has yet to commit (None: one has no batch yet)."""
+    lags = [lag(settings, query) for query in settings.bronze_queries()]
+    return None if None in lags else sum(lag for lag in lags if lag is not None)
 
 
 def _instants(settings: Settings, table: str) -> list[str]:
@@ -159,12 +170,13 @@ def silver_source(settings: Settings) -> str:
 def main() -> int:
     settings = load_settings()
     try:
-        behind = lag(settings, "bronze")
         print(f"{'QUERY':<12} {'LAG (records)':<14} CHECKPOINT")
-        print(
-            f"{'bronze':<12} {'-' if behind is None else behind:<14} "
-            f"{settings.checkpoint_path('bronze')}"
-        )
+        for query in settings.bronze_queries():
+            behind = lag(settings, query)
+            print(
+                f"{query:<12} {'-' if behind is None else behind:<14} "
+                f"{settings.checkpoint_path(query)}"
+            )
         source = silver_source(settings)
         behind = commits_behind(settings, "silver", source)
         print(

@@ -227,6 +227,24 @@ class LayerSettings:
 
 
 @dataclass(frozen=True)
+class BronzeSettings(LayerSettings):
+    # Stream types a second query ingests on its own, shorter trigger, so
+    # trades are not held up by the commits of the bulkier streams (depth,
+    # tickers); empty: one query for every topic.
+    fast_lane: tuple[str, ...] = ("trade", "aggTrade")
+    fast_trigger: str = "1 second"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_duration(self.fast_trigger, "fast_trigger")
+        unknown = [k for k in self.fast_lane if k not in TOPIC_KEYS or k == "quarantine"]
+        if unknown:
+            raise ValueError(f"fast_lane: {unknown[0]!r} is not a stream type")
+        if len(set(self.fast_lane)) != len(self.fast_lane):
+            raise ValueError("fast_lane lists a stream type twice")
+
+
+@dataclass(frozen=True)
 class SilverSettings(LayerSettings):
     # Bar intervals; 1m is built from trades, the others roll up from 1m.
     intervals: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
@@ -259,7 +277,7 @@ class SilverSettings(LayerSettings):
 
 @dataclass(frozen=True)
 class StreamingSettings:
-    bronze: LayerSettings
+    bronze: BronzeSettings
     silver: SilverSettings
     gold: LayerSettings
     sql_ui_port: int = 4043
@@ -428,6 +446,16 @@ class Settings:
 
     def topic(self, kind: str) -> TopicSettings:
         return self.pipeline.kafka.topics[kind]
+
+    def bronze_queries(self) -> dict[str, tuple[str, ...]]:
+        """Bronze's queries, each with the stream types whose topics it reads.
+
+        `bronze` reads every topic: it writes every table outside the fast
+        lane, and the quarantine rows of all of them, so each table has one
+        writer. `bronze_fast` writes the fast lane's tables.
+        """
+        fast = self.pipeline.streaming.bronze.fast_lane
+        return {"bronze": TOPIC_KEYS, **({"bronze_fast": fast} if fast else {})}
 
     def layer(self, name: str) -> LayerSettings:
         if name not in LAYERS:

@@ -56,7 +56,7 @@ from streaming_jobs.common.hudi import HUDI_FORMAT, read_table, table_exists, wr
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
 from streaming_jobs.silver import bars as B, tables
 from streaming_jobs.silver.job import start
-from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session
+from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session, trades_trigger
 from tests.bench.producer_bench import memory_gb
 from tests.bench.results import kafka_running, publish_results
 from tests.conftest import write_test_conf
@@ -166,7 +166,7 @@ def live_trades(bootstrap: str, topic: str, rate: int, seconds: float, out: Any)
 
 def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[str, float]:
     ensure_topics(settings)
-    bronze_query: Any = start_bronze(spark, settings)
+    bronze_queries: list[Any] = list(start_bronze(spark, settings))
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
     topic = settings.topic("trade").name
@@ -185,7 +185,7 @@ def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[s
         # Long enough for the last whole minutes to pass the watermark and a batch.
         time.sleep(60)
     finally:
-        for query in (silver_query, bronze_query):
+        for query in (silver_query, *bronze_queries):
             if query is not None:
                 query.stop()
         child.join(timeout=30)
@@ -326,7 +326,7 @@ def freshness_line(fresh: dict[str, float], settings: Settings, seconds: float) 
     silver = settings.pipeline.streaming.silver
     return (
         f"Freshness at 1,000 trades/s ({fresh['sent']:,.0f} trades over {seconds:g} s, bronze "
-        f"trigger `{settings.layer('bronze').trigger}`, silver trigger `{silver.trigger}`, "
+        f"trades trigger `{trades_trigger(settings)}`, silver trigger `{silver.trigger}`, "
         f"watermark `{silver.watermark}`): a minute's end -> its final 1m bar visible, over "
         f"{fresh['minutes']:.0f} minutes: p50 {fresh['p50_s']:.1f} s, p99 {fresh['p99_s']:.1f} s, "
         f"max {fresh['max_s']:.1f} s ({fresh['not_final']:.0f} whole minutes not final yet)."

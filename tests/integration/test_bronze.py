@@ -96,12 +96,14 @@ def publish(settings: Settings, capture: Capture) -> None:
 
 
 def run_bronze(spark: Any, settings: Settings) -> None:
-    query: Any = start(spark, settings, once=True)
+    queries: Any = start(spark, settings, once=True)
     try:
-        assert query.awaitTermination(600), "bronze did not finish in 600 s"
-        assert query.exception() is None
+        for query in queries:
+            assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
+            assert query.exception() is None
     finally:
-        query.stop()
+        for query in queries:
+            query.stop()
 
 
 def test_capture_lands_typed_exactly_once(
@@ -137,7 +139,7 @@ def test_capture_lands_typed_exactly_once(
     )
 
     # What `make status` and `make demo ONCE=1` read, without Spark.
-    assert progress.lag(settings, "bronze") == 0
+    assert progress.bronze_lag(settings) == 0
     assert progress.tables(settings) == sorted(
         [
             tables.TRADES.name,
@@ -234,7 +236,7 @@ def test_sigkill_mid_batch_then_restart_changes_nothing(
         timeout=900,
     )
     assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
-    assert progress.lag(subject, "bronze") == 0
+    assert progress.bronze_lag(subject) == 0
 
     # The reference: the same records, one uninterrupted run, its own tables.
     run_bronze(spark, reference)

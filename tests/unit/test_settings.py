@@ -86,6 +86,18 @@ def test_shipped_config_loads() -> None:
             lambda d: d["kafka"]["topics"]["trade"].update(name="bad topic!"),
             "pipeline.yaml: kafka.topics.trade: topic name 'bad topic!'",
         ),
+        (
+            lambda d: d["streaming"]["bronze"].update(fast_lane=["trade", "funding"]),
+            "pipeline.yaml: streaming.bronze: fast_lane: 'funding' is not a stream type",
+        ),
+        (
+            lambda d: d["streaming"]["bronze"].update(fast_lane=["trade", "trade"]),
+            "pipeline.yaml: streaming.bronze: fast_lane lists a stream type twice",
+        ),
+        (
+            lambda d: d["streaming"]["bronze"].update(fast_trigger="1"),
+            "pipeline.yaml: streaming.bronze: fast_trigger '1' is not a duration",
+        ),
         (lambda d: d.pop("streaming"), "pipeline.yaml: streaming: missing required key"),
         (
             lambda d: d["streaming"]["silver"].update(ui_port=4040),
@@ -232,3 +244,12 @@ def test_cli_reports_bad_config_and_exits_78(conf_dir: Path) -> None:
         )
         assert result.returncode == 78, (command, result.stdout, result.stderr)
         assert f"{conf_dir / 'pipeline.yaml'}: services.kafka_prot: unknown key" in result.stderr
+
+
+def test_bronze_queries_split_the_topics_into_lanes(conf_dir: Path) -> None:
+    settings = load_settings(conf_dir, {})
+    queries = settings.bronze_queries()
+    assert queries["bronze_fast"] == ("trade", "aggTrade")
+    assert set(queries["bronze"]) == set(settings.pipeline.kafka.topics)
+    edit_yaml(conf_dir / "pipeline.yaml", lambda d: d["streaming"]["bronze"].update(fast_lane=[]))
+    assert list(load_settings(conf_dir, {}).bronze_queries()) == ["bronze"]
