@@ -16,13 +16,16 @@ Traps this module exists to avoid (see ../shared/docs/stack.md):
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 
 HUDI_FORMAT = "hudi"
+log = logging.getLogger("hudi")
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,25 @@ def list_tables(spark: SparkSession, tables_root: str) -> dict[str, str]:
         if status.isDirectory() and fs.exists(jvm.org.apache.hadoop.fs.Path(path, ".hoodie")):
             tables[path.getName()] = path.toString()
     return dict(sorted(tables.items()))
+
+
+def read_stream(spark: SparkSession, path: str) -> DataFrame:
+    """A Hudi table as a streaming source: each micro-batch is the rows of new commits."""
+    return (
+        spark.readStream.format(HUDI_FORMAT)
+        # Behind by more commits than the table retains (a long outage), read
+        # it whole rather than fail (hudi#7778); the batch is then large but
+        # correct, since the reading jobs recompute whatever a batch touches.
+        .option("hoodie.datasource.read.incr.fallback.fulltablescan.enable", "true")
+        .load(path)
+    )
+
+
+def await_table(spark: SparkSession, path: str, writer: str, poll_s: float = 5.0) -> None:
+    """Block until `path` has a completed commit (its writer creates it with the first)."""
+    waited = 0.0
+    while not table_exists(spark, path):
+        if waited % 60 == 0:
+            log.info("waiting for %s (%s has not written it yet)", path, writer)
+        time.sleep(poll_s)
+        waited += poll_s

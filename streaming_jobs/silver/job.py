@@ -28,7 +28,13 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
-from streaming_jobs.common.hudi import read_table, table_exists, upsert_batch
+from streaming_jobs.common.hudi import (
+    await_table,
+    read_stream,
+    read_table,
+    table_exists,
+    upsert_batch,
+)
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import INTERVAL_MS, Settings
 from streaming_jobs.silver import bars as B, indicators as ind, tables
@@ -399,16 +405,9 @@ def _ripe_columns() -> list[str]:
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:
     layer = settings.pipeline.streaming.silver
     source = settings.table_path(SOURCES[layer.bars_from].name)
-    stream = (
-        spark.readStream.format("hudi")
-        # Behind by more commits than bronze retains (a long outage), read
-        # the table whole rather than fail (hudi#7778); the batch is then
-        # large but correct, since every touched span is recomputed.
-        .option("hoodie.datasource.read.incr.fallback.fulltablescan.enable", "true")
-        .load(source)
-    )
     writer = (
-        stream.writeStream.queryName(QUERY_NAME)
+        read_stream(spark, source)
+        .writeStream.queryName(QUERY_NAME)
         .foreachBatch(SilverBatch(spark, settings))
         .option("checkpointLocation", settings.checkpoint_path(QUERY_NAME))
     )
@@ -419,13 +418,7 @@ def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:
 def await_source(spark: SparkSession, settings: Settings) -> None:
     """Bronze creates its tables with its first commit; until then there is nothing to read."""
     layer = settings.pipeline.streaming.silver
-    path = settings.table_path(SOURCES[layer.bars_from].name)
-    waited = 0.0
-    while not table_exists(spark, path):
-        if waited % 60 == 0:
-            log.info("waiting for %s (bronze has not written it yet)", path)
-        time.sleep(5)
-        waited += 5
+    await_table(spark, settings.table_path(SOURCES[layer.bars_from].name), "bronze")
 
 
 def main(argv: list[str]) -> int:
