@@ -3,7 +3,7 @@
 # proxy, Debian), idempotent and cached: a second run does nothing.
 #
 #   make setup     venv + project, Spark jars, Kafka broker libs, MinIO, Prometheus
-#   make up        start Kafka, MinIO, Prometheus, the producer live against Binance, bronze, silver
+#   make up        start Kafka, MinIO, Prometheus, the producer live against Binance, bronze, silver, gold
 #   make demo      the same offline: the producer reads the replay exchange serving a real capture
 #                  (CAPTURE=f1[,f2] SPEED=<factor>|max; ONCE=1 plays once, waits, stops, exits 0)
 #   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
@@ -81,6 +81,7 @@ demo: setup
 	@PRODUCER_SOURCE=replay infra/producer.sh start
 	@infra/bronze.sh start
 	@infra/silver.sh start
+	@infra/gold.sh start
 	@if [[ -n "$(ONCE)" ]]; then \
 	  rc=0; $(PY) infra/await_demo.py || rc=$$?; \
 	  infra/services.sh down; exit $$rc; \

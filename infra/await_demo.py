@@ -3,8 +3,8 @@
 Done means: the replay exchange has played every loop; the producer has
 handled every frame it received, has no record in flight and no backfill
 pending, with its handled count unchanged across two polls; and the bronze
-queries have committed everything in Kafka (lag 0), and silver every commit of
-the bronze table it reads. Later layers add their own conditions here. Exits 1 with the
+queries have committed everything in Kafka (lag 0), silver every commit of
+the bronze table it reads, and gold every commit of silver. Exits 1 with the
 reason when the deadline (DEMO_TIMEOUT_S, default 1800) passes first.
 """
 
@@ -54,13 +54,18 @@ def main() -> int:
                 if bronze_lag == 0
                 else None
             )
+            gold_lag = (
+                progress.commits_behind(settings, "gold", progress.GOLD_SOURCE)
+                if silver_lag == 0
+                else None
+            )
             settled = status["done"] and drained and handled == last_handled
-            if settled and bronze_lag == 0 and silver_lag == 0:
+            if settled and bronze_lag == 0 and silver_lag == 0 and gold_lag == 0:
                 return report(settings, handled)
             why = (
                 f"replay {'done' if status['done'] else 'playing'}, producer handled {handled}, "
                 f"{producer['pending_records']} in flight, bronze lag {bronze_lag}, "
-                f"silver {silver_lag} commits behind"
+                f"silver {silver_lag} and gold {gold_lag} commits behind"
             )
             last_handled = handled
         time.sleep(POLL_S)

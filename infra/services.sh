@@ -3,11 +3,11 @@
 #   infra/services.sh up [SERVICE...]     start in order (default: all), each awaited healthy
 #   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
 #   infra/services.sh status              one line per service; exit 1 if any is down
-# Services: kafka minio prometheus producer bronze silver, and replay (the exchange
+# Services: kafka minio prometheus producer bronze silver gold, and replay (the exchange
 # of `make demo`, only reported when it runs).
 source "$(dirname "$0")/lib.sh"
 
-ALL=(kafka minio prometheus replay producer bronze silver)
+ALL=(kafka minio prometheus replay producer bronze silver gold)
 OPTIONAL=" replay "
 INFRA="$ROOT/infra"
 
@@ -20,6 +20,7 @@ port_of() {
     producer) echo "$LAKE_HOST:$PRODUCER_METRICS_PORT" ;;
     bronze) echo "$LAKE_HOST:$(cut -d' ' -f1 <<<"$SPARK_UI_PORTS")" ;;
     silver) echo "$LAKE_HOST:$(cut -d' ' -f2 <<<"$SPARK_UI_PORTS")" ;;
+    gold) echo "$LAKE_HOST:$(cut -d' ' -f3 <<<"$SPARK_UI_PORTS")" ;;
   esac
 }
 
@@ -38,7 +39,7 @@ check_names "$@"
 case "$cmd" in
   up)
     services=("$@")
-    [[ $# -gt 0 ]] || services=(kafka minio prometheus producer bronze silver)
+    [[ $# -gt 0 ]] || services=(kafka minio prometheus producer bronze silver gold)
     for s in "${services[@]}"; do
       if ! "$INFRA/$s.sh" start; then
         echo "up: $s failed to start (log: $(log_path "$s")); stopping what was started" >&2

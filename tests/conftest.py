@@ -53,7 +53,8 @@ def write_test_conf(conf_dir: Path) -> None:
         streaming[layer]["ui_port"] += PORT_SHIFT
     streaming["sql_ui_port"] += PORT_SHIFT
     (conf_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    shutil.copy(PROJECT_ROOT / "conf" / "symbols.yaml", conf_dir / "symbols.yaml")
+    for name in ("symbols.yaml", "portfolio.yaml"):
+        shutil.copy(PROJECT_ROOT / "conf" / name, conf_dir / name)
 
 
 def private_environ() -> dict[str, str]:

@@ -13,17 +13,23 @@ the S3 API).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
 
 from streaming_jobs.common.s3 import S3Client, S3Error
 from streaming_jobs.common.settings import Settings, load_settings
 
 # Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
+# Base files: <file id>_<write token>_<instant>.parquet.
+_BASE_FILE = re.compile(r"([0-9a-f-]+-[0-9]+)_([0-9-]+)_([0-9]{17})\.parquet")
+DATA_QUALITY = "gold_data_quality"
 _INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
 
 
@@ -129,6 +135,17 @@ def _instants(settings: Settings, table: str) -> list[str]:
     )
 
 
+def completed_instants(settings: Settings, table: str) -> dict[str, int]:
+    """Each completed commit of a Hudi table: its instant -> the epoch ms it completed."""
+    done = {}
+    for name in _Store(settings).list(f"{settings.table_path(table)}/.hoodie"):
+        m = _INSTANT.search(name)
+        if m and m.group(2):
+            stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+            done[m.group(1)] = int(stamp.timestamp() * 1000)
+    return done
+
+
 def last_commit(settings: Settings, table: str) -> dt.datetime | None:
     instants = _instants(settings, table)
     if not instants:
@@ -152,6 +169,42 @@ def commits_behind(settings: Settings, query: str, table: str) -> int | None:
     return sum(1 for instant in _instants(settings, table) if instant > done)
 
 
+def latest_rows(settings: Settings, table: str, partition: str) -> list[dict[str, Any]]:
+    """The rows of one partition of a COPY_ON_WRITE table, read without Spark.
+
+    Each file group's newest base file written by a completed commit holds
+    its current rows (older files are versions the cleaner has not removed).
+    """
+    store = _Store(settings)
+    root = settings.table_path(table)
+    done = completed_instants(settings, table)
+    newest: dict[str, tuple[str, str]] = {}
+    for name in store.list(f"{root}/{partition}"):
+        m = _BASE_FILE.fullmatch(name)
+        if m and m.group(3) in done and m.group(3) > newest.get(m.group(1), ("", ""))[0]:
+            newest[m.group(1)] = (m.group(3), name)
+    rows: list[dict[str, Any]] = []
+    for _instant, name in newest.values():
+        data = pq.read_table(io.BytesIO(store.read(f"{root}/{partition}/{name}")))
+        rows.extend(data.to_pylist())
+    return rows
+
+
+def partitions(settings: Settings, table: str) -> list[str]:
+    names = _Store(settings).list(settings.table_path(table))
+    return sorted({n.split("/", 1)[0] for n in names if "=" in n.split("/", 1)[0]})
+
+
+def data_quality(settings: Settings) -> tuple[str, list[dict[str, Any]]] | None:
+    """Today's gold_data_quality rows, else the latest day's: (day, rows)."""
+    days = partitions(settings, DATA_QUALITY)
+    if not days:
+        return None
+    today = f"day={dt.datetime.now(dt.UTC).date().isoformat()}"
+    day = today if today in days else days[-1]
+    return day.removeprefix("day="), latest_rows(settings, DATA_QUALITY, day)
+
+
 def tables(settings: Settings) -> list[str]:
     store = _Store(settings)
     names = {
@@ -162,9 +215,36 @@ def tables(settings: Settings) -> list[str]:
     return sorted(names)
 
 
+GOLD_SOURCE = "silver_ohlcv"
+
+
 def silver_source(settings: Settings) -> str:
     """The bronze table silver builds bars from (conf: streaming.silver.bars_from)."""
     return f"bronze_{settings.pipeline.streaming.silver.bars_from}"
+
+
+def print_quality(day: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\nDATA QUALITY {day} (gold_data_quality)")
+    columns = (
+        ("SYMBOL", "symbol", 10),
+        ("TRADES", "trades", 9),
+        ("GAPS OPEN", "gaps_open", 9),
+        ("MISSING", "missing_trades", 8),
+        ("FILLED", "gaps_filled", 7),
+        ("LATE", "late_trades", 6),
+        ("QUARANTINED", "quarantined_total", 11),
+        ("NO-TRADE MIN", "tradeless_minutes", 12),
+        ("LAT P99 S", "latency_p99_s", 10),
+        ("LAT MAX S", "latency_max_s", 10),
+    )
+    print(" ".join(f"{title:<{width}}" for title, _, width in columns))
+    for row in sorted(rows, key=lambda r: str(r["symbol"])):
+        cells = []
+        for _, key, width in columns:
+            value = row.get(key)
+            text = "-" if value is None else f"{value:.1f}" if isinstance(value, float) else value
+            cells.append(f"{text!s:<{width}}")
+        print(" ".join(cells))
 
 
 def main() -> int:
@@ -177,16 +257,19 @@ def main() -> int:
                 f"{query:<12} {'-' if behind is None else behind:<14} "
                 f"{settings.checkpoint_path(query)}"
             )
-        source = silver_source(settings)
-        behind = commits_behind(settings, "silver", source)
-        print(
-            f"{'silver':<12} {'-' if behind is None else f'{behind} commits':<14} "
-            f"{settings.checkpoint_path('silver')} (reads {source})"
-        )
+        for query, source in (("silver", silver_source(settings)), ("gold", GOLD_SOURCE)):
+            behind = commits_behind(settings, query, source)
+            print(
+                f"{query:<12} {'-' if behind is None else f'{behind} commits':<14} "
+                f"{settings.checkpoint_path(query)} (reads {source})"
+            )
         print(f"\n{'TABLE':<24} LAST COMMIT (UTC)")
         for table in tables(settings):
             when = last_commit(settings, table)
             print(f"{table:<24} {when.isoformat(timespec='seconds') if when else '-'}")
+        quality = data_quality(settings)
+        if quality is not None:
+            print_quality(*quality)
     except (OSError, S3Error) as err:
         print(f"progress: {err}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ the environment variable) and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -276,10 +277,45 @@ class SilverSettings(LayerSettings):
 
 
 @dataclass(frozen=True)
+class GoldSettings(LayerSettings):
+    """Gold's windows and thresholds (formulas: docs/analytics.md)."""
+
+    # Realized volatility: sample std of the last `vol_window` log returns.
+    vol_window: int = 30
+    # Rolling windows of 1m returns for correlations and risk.
+    correlation_windows: tuple[str, ...] = ("1 hour", "24 hours")
+    risk_windows: tuple[str, ...] = ("1 hour", "24 hours")
+    # A 1m return or volume is an anomaly when |z| against the previous
+    # `anomaly_window` bars exceeds `anomaly_z`.
+    anomaly_window: int = 60
+    anomaly_z: float = 4.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vol_window < 2 or self.anomaly_window < 2:
+            raise ValueError("vol_window and anomaly_window need at least 2 bars")
+        if not self.anomaly_z > 0:
+            raise ValueError(f"anomaly_z must be positive, got {self.anomaly_z}")
+        for what, windows in (
+            ("correlation_windows", self.correlation_windows),
+            ("risk_windows", self.risk_windows),
+        ):
+            if not windows:
+                raise ValueError(f"{what} must not be empty")
+            for window in windows:
+                _check_duration(window, what)
+                if duration_ms(window) % 60_000 or duration_ms(window) < 120_000:
+                    raise ValueError(f"{what}: {window!r} is not a whole number of minutes >= 2")
+
+    def window_ms(self, window: str) -> int:
+        return duration_ms(window)
+
+
+@dataclass(frozen=True)
 class StreamingSettings:
     bronze: BronzeSettings
     silver: SilverSettings
-    gold: LayerSettings
+    gold: GoldSettings
     sql_ui_port: int = 4043
 
     def __post_init__(self) -> None:
@@ -408,6 +444,34 @@ class Symbol:
         return tuple(f"{self.name.lower()}@{s}" for s in self.streams)
 
 
+# --- conf/portfolio.yaml ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Portfolio:
+    """The portfolio gold_risk tracks: constant weights, rebalanced every minute."""
+
+    name: str
+    weights: dict[str, float]
+    # Annual, as a fraction (0.04 = 4 %); Sharpe's excess return is over it.
+    risk_free_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z0-9_]{1,32}$", self.name):
+            raise ValueError(f"name {self.name!r}: lower-case letters, digits and _, at most 32")
+        if not self.weights:
+            raise ValueError("weights must name at least one symbol")
+        for symbol, weight in self.weights.items():
+            if not _SYMBOL_RE.match(symbol):
+                raise ValueError(f"weights: {symbol!r} is not a Binance spot symbol")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"weights: {symbol} must be a positive number, got {weight}")
+        if abs(sum(self.weights.values()) - 1) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got {sum(self.weights.values())}")
+        if not (math.isfinite(self.risk_free_rate) and -1 < self.risk_free_rate < 1):
+            raise ValueError(f"risk_free_rate must be a fraction, got {self.risk_free_rate}")
+
+
 # --- the assembled settings -------------------------------------------------
 
 
@@ -425,6 +489,7 @@ class Settings:
     state_dir: Path
     pipeline: PipelineSettings
     symbols: tuple[Symbol, ...]
+    portfolio: Portfolio
 
     @property
     def services(self) -> ServicesSettings:
@@ -573,7 +638,7 @@ def _active_symbols(
 def load_settings(
     conf_dir: Path | str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Load and validate conf/pipeline.yaml and conf/symbols.yaml with env overrides."""
+    """Load and validate conf/pipeline.yaml, symbols.yaml and portfolio.yaml, with env overrides."""
     env = os.environ if environ is None else environ
     conf = Path(conf_dir or env.get("LAKE_CONF_DIR") or DEFAULT_CONF_DIR)
 
@@ -594,8 +659,13 @@ def load_settings(
     parsed_symbols = load(SymbolsFile, _read_yaml(symbols_file), str(symbols_file))
     symbols = _active_symbols(parsed_symbols, str(symbols_file), env)
 
+    portfolio_file = conf / "portfolio.yaml"
+    portfolio = load(Portfolio, _read_yaml(portfolio_file), str(portfolio_file))
+
     state_dir = Path(env.get("STATE_DIR") or DEFAULT_STATE_DIR).resolve()
-    return Settings(conf_dir=conf, state_dir=state_dir, pipeline=pipeline, symbols=symbols)
+    return Settings(
+        conf_dir=conf, state_dir=state_dir, pipeline=pipeline, symbols=symbols, portfolio=portfolio
+    )
 
 
 def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) -> str:

@@ -61,18 +61,23 @@ def capture() -> Capture:
     return read_capture(CAPTURE)
 
 
-@pytest.fixture
-def bronze_settings(services: Settings, tmp_path: Path) -> Settings:
-    conf = tmp_path / "conf"
+def private_settings(root: Path, prefix: str) -> Settings:
+    """The test conf with topics of its own (created) and its state under `root`."""
+    conf = root / "conf"
     shutil.copytree(os.environ["LAKE_CONF_DIR"], conf)
     pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
-    prefix = f"br{uuid.uuid4().hex[:6]}"
+    prefix = f"{prefix}{uuid.uuid4().hex[:6]}"
     for spec in pipeline["kafka"]["topics"].values():
         spec["name"] = f"{prefix}.{spec['name']}"
     (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    settings = load_settings(conf, {**os.environ, "STATE_DIR": str(tmp_path / "state")})
+    settings = load_settings(conf, {**os.environ, "STATE_DIR": str(root / "state")})
     ensure_topics(settings)
     return settings
+
+
+@pytest.fixture
+def bronze_settings(services: Settings, tmp_path: Path) -> Settings:
+    return private_settings(tmp_path, "br")
 
 
 def publish(settings: Settings, capture: Capture) -> None:

@@ -253,3 +253,39 @@ def test_bronze_queries_split_the_topics_into_lanes(conf_dir: Path) -> None:
     assert set(queries["bronze"]) == set(settings.pipeline.kafka.topics)
     edit_yaml(conf_dir / "pipeline.yaml", lambda d: d["streaming"]["bronze"].update(fast_lane=[]))
     assert list(load_settings(conf_dir, {}).bronze_queries()) == ["bronze"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda d: d["weights"].update(BTCUSDT=0.7),
+            "portfolio.yaml: weights must sum to 1, got 1.1",
+        ),
+        (
+            lambda d: d["weights"].update({"btc": 0.0}),
+            "portfolio.yaml: weights: 'btc' is not a Binance spot symbol",
+        ),
+        (
+            lambda d: d.update(weights={"BTCUSDT": 1.5, "ETHUSDT": -0.5}),
+            "portfolio.yaml: weights: ETHUSDT must be a positive number, got -0.5",
+        ),
+        (lambda d: d.update(risk_free_rate="4%"), "portfolio.yaml: risk_free_rate: expected float"),
+        (lambda d: d.update(name="Core Book"), "portfolio.yaml: name 'Core Book'"),
+        (lambda d: d.update(leverage=2), "portfolio.yaml: leverage: unknown key"),
+    ],
+)
+def test_bad_portfolio_yaml(conf_dir: Path, change: Callable[[Any], None], expected: str) -> None:
+    edit_yaml(conf_dir / "portfolio.yaml", change)
+    assert expected in load_error(conf_dir)
+
+
+def test_gold_windows_are_validated(conf_dir: Path) -> None:
+    edit_yaml(
+        conf_dir / "pipeline.yaml",
+        lambda d: d["streaming"]["gold"].update(risk_windows=["90 seconds"]),
+    )
+    assert "risk_windows: '90 seconds' is not a whole number of minutes" in load_error(conf_dir)
+    (conf_dir / "portfolio.yaml").unlink()
+    edit_yaml(conf_dir / "pipeline.yaml", lambda d: d["streaming"]["gold"].pop("risk_windows"))
+    assert load_error(conf_dir).endswith("portfolio.yaml: file not found")

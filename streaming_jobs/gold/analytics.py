@@ -1,0 +1,378 @@
+"""Gold's formulas, as pure functions of bar series (pandas in, pandas out).
+
+Every function takes the bars of silver it needs, sorted by open time, and
+returns rows for the bars (or minutes) at or after `since_ms`; earlier bars
+are context only. The formulas are documented, column by column, in
+docs/analytics.md; a value that cannot be computed is null (None), never
+NaN, with the reason in the row's `null_reason`.
+
+Conventions:
+- log return r_t = ln(close_t / close_{t-1}); simple return R_t = close_t / close_{t-1} - 1,
+  over consecutive bars of one series (silver fills trade-less bars, so a
+  series has no holes);
+- a year is 365 days of 24 h (crypto trades every day): an interval of
+  `ms` milliseconds has 365 * 86,400,000 / ms periods per year;
+- standard deviations are sample ones (ddof = 1); quantiles interpolate
+  linearly between order statistics (numpy's default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import Decimal, localcontext
+
+import numpy as np
+import pandas as pd
+
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
+MINUTE_MS = 60_000
+# Fewest observations a statistic is computed from.
+MIN_CORRELATION_OBS = 3
+MIN_RISK_OBS = 2
+RISK_LEVELS = (0.95, 0.99)
+
+
+def periods_per_year(interval_ms: int) -> float:
+    return YEAR_MS / interval_ms
+
+
+def _none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _reasons(*pairs: tuple[bool, str]) -> str | None:
+    text = "; ".join(reason for failed, reason in pairs if failed)
+    return text or None
+
+
+# --- market summary -------------------------------------------------------------
+
+
+def market_summary(
+    bars: pd.DataFrame, interval_ms: int, vol_window: int, since_ms: int
+) -> pd.DataFrame:
+    """Per bar: returns, realized volatility and the rolling 24 h figures.
+
+    `bars`: one series, columns open_ms, open, high, low, close, volume,
+    quote_volume (decimals as Decimal), sorted by open_ms.
+    """
+    bars = bars.sort_values("open_ms").reset_index(drop=True)
+    n24 = max(1, DAY_MS // interval_ms)
+    close = np.array([float(c) for c in bars["close"]])
+    log_ret = np.full(len(bars), np.nan)
+    simple = np.full(len(bars), np.nan)
+    if len(bars) > 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_ret[1:] = np.log(close[1:] / close[:-1])
+            simple[1:] = close[1:] / close[:-1] - 1
+    contiguous = np.ones(len(bars), dtype=bool)
+    if len(bars) > 1:
+        contiguous[1:] = np.diff(bars["open_ms"].to_numpy()) == interval_ms
+    annual = math.sqrt(periods_per_year(interval_ms))
+    rows = []
+    with localcontext() as ctx:
+        ctx.prec = 60
+        volume = np.cumsum([Decimal(0), *bars["volume"]])
+        quote = np.cumsum([Decimal(0), *bars["quote_volume"]])
+        for i in range(len(bars)):
+            open_ms = int(bars["open_ms"].iat[i])
+            if open_ms < since_ms:
+                continue
+            first = max(0, i - n24 + 1)
+            # The 24 h window: the bars whose open time is within 24 h before this one's close.
+            while bars["open_ms"].iat[first] <= open_ms - DAY_MS:
+                first += 1
+            count = i - first + 1
+            vol_24h = volume[i + 1] - volume[first]
+            quote_24h = quote[i + 1] - quote[first]
+            open_24h = float(bars["open"].iat[first])
+            window = log_ret[i - vol_window + 1 : i + 1] if i >= vol_window else np.array([])
+            has_prev = i > 0 and bool(contiguous[i])
+            vol_ok = len(window) == vol_window and bool(
+                contiguous[i - vol_window + 1 : i + 1].all()
+            )
+            realized = float(np.std(window, ddof=1)) * annual if vol_ok else float("nan")
+            rows.append(
+                {
+                    "open_ms": open_ms,
+                    "return_simple": _none(simple[i]) if has_prev else None,
+                    "log_return": _none(log_ret[i]) if has_prev else None,
+                    "realized_vol": _none(realized),
+                    "change_24h_pct": _none((float(bars["close"].iat[i]) / open_24h - 1) * 100)
+                    if open_24h
+                    else None,
+                    "high_24h": max(bars["high"].iloc[first : i + 1]),
+                    "low_24h": min(bars["low"].iloc[first : i + 1]),
+                    "volume_24h": vol_24h,
+                    "quote_volume_24h": quote_24h,
+                    "vwap_24h": float(quote_24h / vol_24h) if vol_24h else None,
+                    "bars_24h": count,
+                    "null_reason": _reasons(
+                        (not has_prev, "no previous bar: no return"),
+                        (not vol_ok, f"fewer than {vol_window} returns: no realized_vol"),
+                        (vol_24h == 0, "no volume in 24 h: no vwap_24h"),
+                        (count < n24, f"24 h window has {count} of {n24} bars"),
+                    ),
+                }
+            )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+SUMMARY_COLUMNS = [
+    "open_ms",
+    "return_simple",
+    "log_return",
+    "realized_vol",
+    "change_24h_pct",
+    "high_24h",
+    "low_24h",
+    "volume_24h",
+    "quote_volume_24h",
+    "vwap_24h",
+    "bars_24h",
+    "null_reason",
+]
+
+
+# --- 1m returns across symbols -----------------------------------------------------
+
+
+def minute_returns(bars: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wide 1m simple and log returns: index open_ms, one column per symbol.
+
+    `bars`: symbol, open_ms, close. A symbol's return at minute t needs its
+    bar at t and at t - 1m; otherwise it is missing (NaN) at t.
+    """
+    closes = bars.pivot_table(index="open_ms", columns="symbol", values="close", aggfunc="last")
+    closes = closes.astype(float).sort_index()
+    full = np.arange(closes.index.min(), closes.index.max() + MINUTE_MS, MINUTE_MS)
+    closes = closes.reindex(full)
+    simple = closes / closes.shift(1) - 1
+    logs = np.log(closes / closes.shift(1))
+    return simple, logs
+
+
+def correlations(
+    logs: pd.DataFrame, symbols: Iterable[str], window_ms: int, since_ms: int
+) -> pd.DataFrame:
+    """Pearson correlation of 1m log returns per pair over the window ending at each minute.
+
+    as_of is the end of the window (the close of its last minute); the
+    window holds the minutes whose open time is in [as_of - window, as_of).
+    Only minutes where both symbols have a return count (`n_obs`).
+    """
+    names = sorted(s for s in set(symbols) if s in logs.columns)
+    span = window_ms // MINUTE_MS
+    rows = []
+    minutes = logs.index.to_numpy()
+    for i, minute in enumerate(minutes):
+        if minute < since_ms:
+            continue
+        lo = max(0, i - span + 1)
+        block = logs.iloc[lo : i + 1]
+        for x, a in enumerate(names):
+            if np.isnan(logs[a].iat[i]):
+                continue
+            for b in names[x + 1 :]:
+                if np.isnan(logs[b].iat[i]):
+                    continue
+                pair = block[[a, b]].dropna()
+                n = len(pair)
+                value, reason = None, None
+                if n < MIN_CORRELATION_OBS:
+                    reason = f"fewer than {MIN_CORRELATION_OBS} aligned returns"
+                elif pair[a].std(ddof=1) == 0 or pair[b].std(ddof=1) == 0:
+                    reason = "zero variance"
+                else:
+                    value = _none(float(np.corrcoef(pair[a], pair[b])[0, 1]))
+                rows.append(
+                    {
+                        "symbol_a": a,
+                        "symbol_b": b,
+                        "as_of_ms": int(minute) + MINUTE_MS,
+                        "correlation": value,
+                        "n_obs": n,
+                        "null_reason": reason,
+                    }
+                )
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+CORRELATION_COLUMNS = ["symbol_a", "symbol_b", "as_of_ms", "correlation", "n_obs", "null_reason"]
+
+
+# --- risk ------------------------------------------------------------------------
+
+
+def portfolio_returns(simple: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
+    """sum_i w_i * R_i per minute (weights constant: rebalanced every minute).
+
+    Only minutes where every symbol of the portfolio has a return.
+    """
+    if any(symbol not in simple.columns for symbol in weights):
+        return pd.Series(dtype=float)
+    frame = simple[list(weights)]
+    weighted = (frame * pd.Series(weights)).sum(axis=1, min_count=len(weights))
+    return weighted.where(frame.notna().all(axis=1))
+
+
+def risk(returns: pd.Series, window_ms: int, since_ms: int, risk_free_rate: float) -> pd.DataFrame:
+    """Historical VaR and ES, drawdown, return, volatility and Sharpe per minute's window.
+
+    `returns`: 1m simple returns indexed by open_ms (NaN: no return that
+    minute). The window ends at as_of (the close of its last minute) and
+    holds the returns of minutes opening in [as_of - window, as_of).
+    """
+    span = window_ms // MINUTE_MS
+    annual = periods_per_year(MINUTE_MS)
+    values = returns.to_numpy(dtype=float)
+    rows = []
+    for i, minute in enumerate(returns.index.to_numpy()):
+        if minute < since_ms or np.isnan(values[i]):
+            continue
+        window = values[max(0, i - span + 1) : i + 1]
+        r = window[~np.isnan(window)]
+        row: dict[str, object] = {"as_of_ms": int(minute) + MINUTE_MS, "n_obs": len(r)}
+        if len(r) < MIN_RISK_OBS:
+            row["null_reason"] = f"fewer than {MIN_RISK_OBS} returns"
+            rows.append(row)
+            continue
+        for level in RISK_LEVELS:
+            q = float(np.quantile(r, 1 - level))
+            tag = round(level * 100)
+            row[f"var_{tag}"] = -q
+            row[f"es_{tag}"] = -float(r[r <= q].mean())
+        wealth = np.cumprod(np.concatenate([[1.0], 1 + r]))
+        row["max_drawdown"] = float(np.max(1 - wealth / np.maximum.accumulate(wealth)))
+        row["period_return"] = float(wealth[-1] - 1)
+        sd = float(np.std(r, ddof=1))
+        row["volatility"] = sd * math.sqrt(annual)
+        if sd > 0:
+            row["sharpe"] = (float(np.mean(r)) * annual - risk_free_rate) / (sd * math.sqrt(annual))
+        else:
+            row["null_reason"] = "zero variance: no sharpe"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RISK_COLUMNS)
+
+
+RISK_COLUMNS = [
+    "as_of_ms",
+    "n_obs",
+    "var_95",
+    "es_95",
+    "var_99",
+    "es_99",
+    "max_drawdown",
+    "period_return",
+    "volatility",
+    "sharpe",
+    "null_reason",
+]
+
+
+# --- signals ---------------------------------------------------------------------
+
+
+def _crossings(
+    name: str, prev: np.ndarray, cur: np.ndarray, level: float
+) -> list[tuple[int, str, str]]:
+    """(row, signal, direction) where a value crosses `level`: up if prev <= level < cur."""
+    out = []
+    for i in range(1, len(cur)):
+        p, c = prev[i], cur[i]
+        if np.isnan(p) or np.isnan(c):
+            continue
+        if p <= level < c:
+            out.append((i, name, "up"))
+        elif p >= level > c:
+            out.append((i, name, "down"))
+    return out
+
+
+def _shifted(values: np.ndarray) -> np.ndarray:
+    return np.concatenate([[np.nan], values[:-1]])
+
+
+def signals(
+    bars: pd.DataFrame, since_ms: int, anomaly_window: int | None, anomaly_z: float
+) -> pd.DataFrame:
+    """Signal events of one series of final bars (sorted by open_ms), at or after since_ms.
+
+    Crossings compare a bar with the one before it: `up` when the value was
+    at or below the level and is now above it, `down` the reverse.
+    anomaly_window None: no anomaly events (they are for 1m bars).
+    """
+    bars = bars.sort_values("open_ms").reset_index(drop=True)
+
+    def col(name: str) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in bars[name]], dtype=float)
+
+    close, macd, signal = col("close"), col("macd"), col("macd_signal")
+    rsi, upper, lower = col("rsi_14"), col("bb_upper"), col("bb_lower")
+    sma, ema = col("sma_20"), col("ema_12")
+    events = [
+        *_crossings("macd_cross", _shifted(macd - signal), macd - signal, 0.0),
+        *_crossings("ema_sma_cross", _shifted(ema - sma), ema - sma, 0.0),
+        *_crossings("rsi_70", _shifted(rsi), rsi, 70.0),
+        *_crossings("rsi_30", _shifted(rsi), rsi, 30.0),
+    ]
+    for i in range(1, len(bars)):
+        if close[i] > upper[i] and close[i - 1] <= upper[i - 1]:
+            events.append((i, "bb_breakout", "up"))
+        elif close[i] < lower[i] and close[i - 1] >= lower[i - 1]:
+            events.append((i, "bb_breakout", "down"))
+    z_scores: dict[tuple[int, str], float] = {}
+    if anomaly_window is not None:
+        log_ret = np.log(close / _shifted(close))
+        for name, series in (("anomaly_return", log_ret), ("anomaly_volume", col("volume"))):
+            for i in range(anomaly_window, len(bars)):
+                past = series[i - anomaly_window : i]
+                if np.isnan(series[i]) or np.isnan(past).any():
+                    continue
+                sd = float(np.std(past, ddof=1))
+                if sd == 0:
+                    continue
+                z = (series[i] - float(np.mean(past))) / sd
+                if abs(z) > anomaly_z:
+                    events.append((i, name, "up" if z > 0 else "down"))
+                    z_scores[(i, name)] = float(z)
+    rows = []
+    for i, name, direction in events:
+        open_ms = int(bars["open_ms"].iat[i])
+        if open_ms < since_ms:
+            continue
+        rows.append(
+            {
+                "open_ms": open_ms,
+                "signal": name,
+                "direction": direction,
+                "close": _none(close[i]),
+                "macd": _none(macd[i]),
+                "macd_signal": _none(signal[i]),
+                "rsi_14": _none(rsi[i]),
+                "bb_upper": _none(upper[i]),
+                "bb_lower": _none(lower[i]),
+                "sma_20": _none(sma[i]),
+                "ema_12": _none(ema[i]),
+                "z_score": z_scores.get((i, name)),
+            }
+        )
+    return pd.DataFrame(rows, columns=SIGNAL_COLUMNS)
+
+
+SIGNAL_COLUMNS = [
+    "open_ms",
+    "signal",
+    "direction",
+    "close",
+    "macd",
+    "macd_signal",
+    "rsi_14",
+    "bb_upper",
+    "bb_lower",
+    "sma_20",
+    "ema_12",
+    "z_score",
+]
