@@ -85,7 +85,7 @@ def write_silver(
             (F.col("volume").cast("decimal(38,8)") == 0).alias("is_filled"),
             F.lit(True).alias("is_final"),
             *[F.col(c).cast("double") for c in ind.OUTPUTS],
-            F.lit(1).cast("long").alias("updated_ms"),
+            F.unix_millis(F.current_timestamp()).alias("updated_ms"),
         ),
         silver.OHLCV,
         settings.table_path(silver.OHLCV.name),
@@ -359,3 +359,46 @@ def test_status_reads_the_latest_data_quality_rows_without_spark(
     }
     assert {(r["symbol"], r["trades"], r["tradeless_minutes"]) for r in rows} == expected
     assert len(expected) == 3  # BTCUSDT, ETHUSDT and frames without a symbol
+
+
+def test_a_correction_retracts_the_signals_it_undoes(
+    spark: Any, lake_env: dict[str, str], tmp_path: Any
+) -> None:
+    """A late correction of one final bar: its signals and later ones are recomputed."""
+    bars = archive_bars().iloc[:1440].reset_index(drop=True)
+    open_ms = bars["open_ms"]
+
+    def crossings(values: np.ndarray) -> set[tuple[int, str, str]]:
+        ref = talib_reference(values)
+        found = talib_crossings(values, {k: v for k, v in ref.items() if k != "macd_hist"})
+        return {(int(open_ms[i]), name, direction) for i, name, direction in found}
+
+    closes = bars["close"].astype(float).to_numpy()
+    before = crossings(closes)
+    # The first bar from 700 on whose close set to the previous close undoes a signal.
+    fixed = bars.copy()
+    for at in range(700, 1400):
+        fixed["close"] = bars["close"]
+        fixed.loc[at, "close"] = bars.loc[at - 1, "close"]
+        fixed_closes = fixed["close"].astype(float).to_numpy()
+        after = crossings(fixed_closes)
+        if before - after:
+            break
+    settings = silver_settings(lake_env, tmp_path)
+    write_silver(spark, settings, bars, ind.compute(closes))
+    run_gold(spark, settings)
+    # Silver rewrites the corrected bar and every later one (their indicators change).
+    later = {c: v[at:] for c, v in ind.compute(fixed_closes).items()}
+    write_silver(spark, settings, fixed.iloc[at:].reset_index(drop=True), later)
+    run_gold(spark, settings)
+
+    rows = (
+        table(spark, settings, tables.SIGNALS.name)
+        .filter(~F.col("signal").startswith("anomaly"))
+        .select(F.unix_millis("open_time").alias("t"), "signal", "direction", "retracted")
+        .collect()
+    )
+    live = {(r.t, r.signal, r.direction) for r in rows if not r.retracted}
+    retracted = {(r.t, r.signal, r.direction) for r in rows if r.retracted}
+    assert live == after
+    assert retracted == before - after and retracted
