@@ -113,7 +113,7 @@ test: setup
 
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
-	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 30
+	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 60
 	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 240
 
 bench-quick: setup

@@ -426,6 +426,9 @@ def render(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
+        "Drain: after publishing stopped, until every query had caught up; for bronze "
+        "that is its query of the other topics (depth, book ticker), on its longer trigger.",
+        "",
         f"Driver JVM peak RSS: {report['driver_peak_rss_mb']:.0f} MB. Not measured: "
         "HoodieStreamer (its bundle is not served by this machine's registry).",
         "",
