@@ -139,8 +139,14 @@ class GoldBatch:
             ],
             "symbol string, interval string, from_ms long, final_from_ms long, lo_ms long",
         )
+        # Literal filters on the partition columns let Hudi skip other series' files.
         context = (
-            silver_bars.join(F.broadcast(starts), ["symbol", "interval"])
+            silver_bars.filter(
+                F.col("symbol").isin(sorted({r.symbol for r in changed}))
+                & F.col("interval").isin(sorted({r.interval for r in changed}))
+                & (F.col("open_ms") >= min(self._lookback(r) for r in changed))
+            )
+            .join(F.broadcast(starts), ["symbol", "interval"])
             .filter(F.col("open_ms") >= F.col("lo_ms"))
             .localCheckpoint()
         )
