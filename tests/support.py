@@ -1,14 +1,21 @@
-"""Small helpers shared by the tests and the benchmarks: ports, HTTP JSON, deadlines."""
+"""Small helpers shared by the tests and the benchmarks: ports, HTTP JSON, deadlines, fixtures."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import socket
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# Binance's official BTCUSDT 1m klines of 2020-01-01..03 (provenance: fixtures/PROVENANCE.md).
+KLINES = Path(__file__).resolve().parent / "fixtures" / "klines"
 
 
 def free_port() -> int:
@@ -55,3 +62,12 @@ def talib_reference(closes: Any) -> dict[str, Any]:
         "bb_middle": middle,
         "bb_lower": lower,
     }
+
+
+def archive_rows() -> list[list[str]]:
+    """The BTCUSDT archive days' kline rows, as the CSV's strings, in time order."""
+    rows = []
+    for day in ("01", "02", "03"):
+        with zipfile.ZipFile(KLINES / f"BTCUSDT-1m-2020-01-{day}.zip") as z:
+            rows += list(csv.reader(io.TextIOWrapper(z.open(z.namelist()[0]))))
+    return rows

@@ -71,8 +71,7 @@ def lanes(settings: Settings) -> list[Lane]:
     bronze = settings.pipeline.streaming.bronze
     queries = settings.bronze_queries()
     fast = frozenset(bronze.fast_lane)
-    every = frozenset(route.topic for route in ROUTES)
-    out = [Lane("bronze", queries["bronze"], every - fast, True, bronze.trigger)]
+    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, True, bronze.trigger)]
     if fast:
         out.append(Lane("bronze_fast", queries["bronze_fast"], fast, False, bronze.fast_trigger))
     return out
@@ -190,6 +189,8 @@ ROUTES = (
         ("update_id", "bid_price", "bid_qty", "ask_price", "ask_qty"),
     ),
 )
+# The stream types bronze has tables for (every topic but the producer's quarantine).
+_WRITTEN = frozenset(route.topic for route in ROUTES)
 QUARANTINE_COLUMNS = ("raw", "reason", "stream", "symbol", "recv_ns", *tf.LINEAGE)
 
 
@@ -207,7 +208,7 @@ class BronzeBatch:
 
     def __init__(self, settings: Settings, lane: Lane | None = None):
         self._settings = settings
-        self._lane = lane or Lane("bronze", (), frozenset(r.topic for r in ROUTES), True, "")
+        self._lane = lane or Lane("bronze", (), _WRITTEN, True, "")
         topics = settings.pipeline.kafka.topics
         self._envelope = tf.with_envelope({spec.name: kind for kind, spec in topics.items()})
 

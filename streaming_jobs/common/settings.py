@@ -307,9 +307,6 @@ class GoldSettings(LayerSettings):
                 if duration_ms(window) % 60_000 or duration_ms(window) < 120_000:
                     raise ValueError(f"{what}: {window!r} is not a whole number of minutes >= 2")
 
-    def window_ms(self, window: str) -> int:
-        return duration_ms(window)
-
 
 @dataclass(frozen=True)
 class StreamingSettings:

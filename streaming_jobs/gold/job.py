@@ -40,7 +40,7 @@ from streaming_jobs.common.hudi import (
     upsert_batch,
 )
 from streaming_jobs.common.layer import run_layer
-from streaming_jobs.common.settings import INTERVAL_MS, Settings
+from streaming_jobs.common.settings import INTERVAL_MS, Settings, duration_ms
 from streaming_jobs.gold import analytics as A, tables
 from streaming_jobs.silver import tables as silver
 
@@ -152,7 +152,7 @@ class GoldBatch:
         )
         writes: list[tuple[HudiTable, DataFrame]] = [
             (tables.MARKET_SUMMARY, self._summary(context)),
-            *self._signals(context),
+            *self._signals(context, sorted({r.symbol for r in changed})),
             *self._cross_asset(silver_bars, changed),
             *self._quality(context),
         ]
@@ -201,7 +201,7 @@ class GoldBatch:
             .transform(_stamped)
         )
 
-    def _signals(self, context: DataFrame) -> list[tuple[HudiTable, DataFrame]]:
+    def _signals(self, context: DataFrame, symbols: list[str]) -> list[tuple[HudiTable, DataFrame]]:
         final = context.filter(F.col("is_final") & F.col("final_from_ms").isNotNull()).select(
             "symbol",
             "interval",
@@ -229,6 +229,7 @@ class GoldBatch:
             starts = context.select("symbol", "interval", "final_from_ms").distinct()
             gone = (
                 read_table(self._spark, path)
+                .filter(F.col("symbol").isin(symbols))  # the partition column: pruned
                 .withColumn("open_ms", F.unix_millis("open_time"))
                 .select(*events.columns)
                 .join(F.broadcast(starts), ["symbol", "interval"])
@@ -255,7 +256,7 @@ class GoldBatch:
             return []
         since = min(froms)
         windows = (*self._gold.correlation_windows, *self._gold.risk_windows)
-        lo = since - max(self._gold.window_ms(w) for w in windows) - A.MINUTE_MS
+        lo = since - max(duration_ms(w) for w in windows) - A.MINUTE_MS
         bars: pd.DataFrame = (
             silver_bars.filter(
                 (F.col("interval") == "1m")
@@ -270,7 +271,7 @@ class GoldBatch:
             return []
         simple, logs = A.minute_returns(bars)
         correlation = [
-            A.correlations(logs, self._active, self._gold.window_ms(w), since).assign(window=w)
+            A.correlations(logs, self._active, duration_ms(w), since).assign(window=w)
             for w in self._gold.correlation_windows
         ]
         subjects = {s: simple[s] for s in self._active if s in simple.columns}
@@ -278,7 +279,7 @@ class GoldBatch:
             simple, self._portfolio.weights
         )
         risk = [
-            A.risk(returns, self._gold.window_ms(w), since, self._portfolio.risk_free_rate).assign(
+            A.risk(returns, duration_ms(w), since, self._portfolio.risk_free_rate).assign(
                 subject=subject, window=w
             )
             for w in self._gold.risk_windows

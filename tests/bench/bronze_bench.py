@@ -35,7 +35,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 from kafka import KafkaProducer
@@ -45,6 +44,7 @@ from producer.replay.captures import Frame, merge_captures, plan_shifts, shifted
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
+from streaming_jobs.common import progress
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
@@ -168,28 +168,19 @@ def run_parquet(spark: SparkSession, settings: Settings, out: Path) -> float:
 # --- latency -------------------------------------------------------------------
 
 
-def _instant_ms(instant: str) -> int:
-    """A Hudi instant (yyyyMMddHHmmssSSS, UTC here) as epoch ms."""
-    stamp = dt.datetime.strptime(instant, "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
-    return int(stamp.timestamp() * 1000)
-
-
-def hudi_visible(spark: SparkSession, table_path: Path) -> DataFrame:
-    """commit instant -> the epoch ms it completed, from the table's timeline file names."""
-    done = {}
-    for entry in (table_path / ".hoodie" / "timeline").glob("*_*.commit"):
-        instant, completed = entry.name.removesuffix(".commit").split("_")
-        done[instant] = _instant_ms(completed)
+def hudi_visible(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
+    """commit instant -> the epoch ms it completed, from the table's timeline."""
+    done = progress.completed_instants(settings, table)
     return spark.createDataFrame(sorted(done.items()), "commit string, visible_ms long")
 
 
-def hudi_latencies(spark: SparkSession, table_path: Path, since_ns: int) -> DataFrame:
+def hudi_latencies(spark: SparkSession, settings: Settings, table: str, since_ns: int) -> DataFrame:
     rows = (
-        read_table(spark, str(table_path))
+        read_table(spark, settings.table_path(table))
         .select(F.col("_hoodie_commit_time").alias("commit"), "recv_ns")
         .filter(F.col("recv_ns") >= since_ns)
     )
-    return rows.join(hudi_visible(spark, table_path), "commit").select(
+    return rows.join(hudi_visible(spark, settings, table), "commit").select(
         (F.col("visible_ms") - F.col("recv_ns") / 1e6).alias("latency_ms")
     )
 
@@ -277,8 +268,7 @@ def paced_run(
             child.kill()
     # Trades: the table HoodieStreamer would be compared on (one topic, one key).
     if which == "bronze":
-        table = Path(urlparse(settings.table_path(tables.TRADES.name)).path)
-        stats = percentiles(hudi_latencies(spark, table, since_ns))
+        stats = percentiles(hudi_latencies(spark, settings, tables.TRADES.name, since_ns))
     else:
         stats = percentiles(parquet_latencies(spark, out, topics["trade"], since_ns))
     stats.update(offered_fps=sent / elapsed, sent=sent, drain_s=drain_s)

@@ -40,9 +40,7 @@ import shutil
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import duckdb
 from kafka import KafkaProducer
@@ -193,7 +191,7 @@ def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[s
     lo = first_ms - first_ms % 60_000 + 60_000  # the first whole minute
     hi = last_ms - watermark_ms  # minutes that can be final
     path = settings.table_path(tables.OHLCV.name)
-    visible = hudi_visible(spark, Path(urlparse(path).path))
+    visible = hudi_visible(spark, settings, tables.OHLCV.name)
     bars = (
         read_table(spark, path)
         .filter(F.col("interval") == "1m")

@@ -31,10 +31,9 @@ from streaming_jobs.gold.job import start
 from streaming_jobs.silver import indicators as ind, tables as silver
 from tests.integration.test_bronze import private_settings, publish, run_bronze
 from tests.integration.test_silver import run_silver, silver_settings
-from tests.support import talib_reference
+from tests.support import archive_rows, talib_reference
 from tests.unit.test_gold_analytics import talib_crossings
 
-KLINES = PROJECT_ROOT / "tests" / "fixtures" / "klines"
 # About 11 minutes across midnight: 2024-08-08 23:54 .. 2024-08-09 00:05 UTC.
 CAPTURES = [
     PROJECT_ROOT / "producer" / "replay" / "captures" / f"spot_{s}_{d}.gz"
@@ -46,23 +45,12 @@ GOLD = (tables.MARKET_SUMMARY, tables.CORRELATION, tables.RISK, tables.SIGNALS)
 
 
 def archive_bars() -> pd.DataFrame:
-    import csv
-    import io
-    import zipfile
-
-    rows = []
-    for day in ("01", "02", "03"):
-        with zipfile.ZipFile(KLINES / f"BTCUSDT-1m-2020-01-{day}.zip") as z:
-            rows.extend(csv.reader(io.StringIO(z.read(z.namelist()[0]).decode())))
+    rows = archive_rows()
+    columns = {"open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "quote_volume": 7}
     return pd.DataFrame(
         {
             "open_ms": [int(r[0]) for r in rows],
-            "open": [r[1] for r in rows],
-            "high": [r[2] for r in rows],
-            "low": [r[3] for r in rows],
-            "close": [r[4] for r in rows],
-            "volume": [r[5] for r in rows],
-            "quote_volume": [r[7] for r in rows],
+            **{name: [r[i] for r in rows] for name, i in columns.items()},
         }
     )
 
@@ -176,12 +164,7 @@ def test_signals_equal_the_crossings_of_talib_values(spark: Any, archive: Any) -
             closes, {k: v for k, v in values.items() if k != "macd_hist"}
         )
     }
-    rows = (
-        table(spark, subject, tables.SIGNALS.name)
-        .filter(~F.col("signal").startswith("anomaly"))
-        .select(F.unix_millis("open_time").alias("t"), "signal", "direction", "retracted")
-        .collect()
-    )
+    rows = crossing_rows(spark, subject)
     assert {(r.t, r.signal, r.direction) for r in rows} == expected
     assert not any(r.retracted for r in rows)
     assert len(rows) == len(expected) > 500
@@ -206,6 +189,16 @@ def test_risk_of_a_symbol_equals_pandas(spark: Any, archive: Any) -> None:
         assert math.isclose(row.var_99, -np.quantile(window, 0.01), rel_tol=1e-12)
         wealth = pd.Series(np.cumprod(np.concatenate([[1.0], 1 + window])))
         assert math.isclose(row.max_drawdown, (1 - wealth / wealth.cummax()).max(), rel_tol=1e-12)
+
+
+def crossing_rows(spark: Any, settings: Settings) -> list[Any]:
+    """gold_signals' crossing events (not anomalies): t (open ms), signal, direction, retracted."""
+    return (
+        table(spark, settings, tables.SIGNALS.name)
+        .filter(~F.col("signal").startswith("anomaly"))
+        .select(F.unix_millis("open_time").alias("t"), "signal", "direction", "retracted")
+        .collect()
+    )
 
 
 def no_nan(spark: Any, settings: Settings, name: str) -> None:
@@ -392,12 +385,7 @@ def test_a_correction_retracts_the_signals_it_undoes(
     write_silver(spark, settings, fixed.iloc[at:].reset_index(drop=True), later)
     run_gold(spark, settings)
 
-    rows = (
-        table(spark, settings, tables.SIGNALS.name)
-        .filter(~F.col("signal").startswith("anomaly"))
-        .select(F.unix_millis("open_time").alias("t"), "signal", "direction", "retracted")
-        .collect()
-    )
+    rows = crossing_rows(spark, settings)
     live = {(r.t, r.signal, r.direction) for r in rows if not r.retracted}
     retracted = {(r.t, r.signal, r.direction) for r in rows if r.retracted}
     assert live == after

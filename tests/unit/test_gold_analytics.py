@@ -10,30 +10,22 @@ with the code under test.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import zipfile
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from streaming_jobs.gold import analytics as A
+from tests.support import archive_rows, talib_reference
 
-KLINES = Path(__file__).resolve().parents[1] / "fixtures" / "klines"
 MIN = 60_000
 
 
 @pytest.fixture(scope="module")
 def bars() -> pd.DataFrame:
-    rows = []
-    for day in ("01", "02", "03"):
-        with zipfile.ZipFile(KLINES / f"BTCUSDT-1m-2020-01-{day}.zip") as z:
-            text = z.read(z.namelist()[0]).decode()
-        rows.extend(csv.reader(io.StringIO(text)))
+    rows = archive_rows()
     return pd.DataFrame(
         {
             "open_ms": [int(r[0]) for r in rows],
@@ -260,8 +252,6 @@ def talib_crossings(closes: np.ndarray, values: dict[str, np.ndarray]) -> set[tu
 
 
 def test_signals_equal_the_crossings_of_talib_values(bars: pd.DataFrame) -> None:
-    from tests.support import talib_reference
-
     closes = bars["close"].astype(float).to_numpy()
     values = talib_reference(closes)
     series = bars[["open_ms", "close", "volume"]].assign(**values)
@@ -281,8 +271,6 @@ def test_signals_equal_the_crossings_of_talib_values(bars: pd.DataFrame) -> None
 
 
 def test_anomalies_are_z_scores_against_the_previous_window(bars: pd.DataFrame) -> None:
-    from tests.support import talib_reference
-
     closes = bars["close"].astype(float).to_numpy()
     series = bars[["open_ms", "close", "volume"]].assign(**talib_reference(closes))
     out = A.signals(series, 0, 60, 4.0)

@@ -9,10 +9,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import zipfile
 from decimal import Decimal
 from typing import Any
 
@@ -23,18 +20,9 @@ from pyspark.sql import functions as F
 from producer.replay.captures import read_capture
 from streaming_jobs.common.settings import INTERVAL_MS, PROJECT_ROOT
 from streaming_jobs.silver import bars as B, indicators as ind
-from tests.support import talib_reference
+from tests.support import archive_rows, talib_reference
 
-KLINES = PROJECT_ROOT / "tests" / "fixtures" / "klines"
 CRYPTOFEED = PROJECT_ROOT / "producer" / "replay" / "captures" / "BINANCE.ws.1.0.gz"
-
-
-def archive_rows() -> list[list[str]]:
-    rows = []
-    for day in ("01", "02", "03"):
-        with zipfile.ZipFile(KLINES / f"BTCUSDT-1m-2020-01-{day}.zip") as z:
-            rows += list(csv.reader(io.TextIOWrapper(z.open(z.namelist()[0]))))
-    return rows
 
 
 @pytest.fixture(scope="module")
