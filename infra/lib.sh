@@ -16,9 +16,13 @@ if [[ ! -x "$PY" ]]; then
   exit 1
 fi
 # The settings print `export KEY=value` lines (ports, paths, credentials).
-_exports=$(cd "$ROOT" && "$PY" -m streaming_jobs.common.settings shell) || exit 78
-eval "$_exports"
-unset _exports
+# A script run by another one (services.sh -> kafka.sh) inherits them.
+if [[ ${LAKE_SETTINGS_EXPORTED:-} != "${LAKE_CONF_DIR:-}|${STATE_DIR:-}|${STORAGE:-}" ]]; then
+  _exports=$(cd "$ROOT" && "$PY" -m streaming_jobs.common.settings shell) || exit 78
+  eval "$_exports"
+  unset _exports
+  export LAKE_SETTINGS_EXPORTED="${LAKE_CONF_DIR:-}|${STATE_DIR:-}|${STORAGE:-}"
+fi
 
 LOG_DIR="$STATE_DIR/logs"
 PID_DIR="$STATE_DIR/pids"
@@ -59,6 +63,27 @@ start_bg() {
   echo $! >"$(pid_path "$name")"
 }
 
+# start_supervised NAME CMD...: start_bg under infra/supervise.py, which
+# restarts CMD with backoff whenever it exits (state: supervise/NAME.json).
+# The pid file holds the supervisor's pid; match it with supervised_pattern.
+start_supervised() {
+  local name=$1
+  shift
+  rm -f "$STATE_DIR/supervise/$name.json"
+  start_bg "$name" "$PY" "$ROOT/infra/supervise.py" --name "$name" --state-dir "$STATE_DIR" \
+    --backoff "$RESTART_BACKOFF" -- "$@"
+}
+
+supervised_pattern() { echo "supervise.py --name $1 "; }
+
+# supervised_field NAME FIELD: a field of supervise/NAME.json (its one JSON
+# line is written by infra/supervise.py), or nothing.
+supervised_field() {
+  local file="$STATE_DIR/supervise/$1.json"
+  [[ -f "$file" ]] || return 1
+  sed -n "s/.*\"$2\": \([^,}]*\).*/\1/p" "$file" | tr -d '"'
+}
+
 # stop_pid NAME PATTERN [GRACE_SECONDS]: SIGTERM, wait for exit up to the
 # grace period, then SIGKILL. Removes the pid file.
 stop_pid() {
@@ -96,6 +121,13 @@ wait_healthy() {
       tail -n 20 "$(log_path "$name")" >&2
       return 1
     fi
+    # A supervised job that exited during start-up is being restarted: say so
+    # now rather than at the deadline.
+    if [[ $(supervised_field "$name" last_exit 2>/dev/null) =~ ^-?[0-9]+$ ]]; then
+      echo "$name: exited during start-up (the supervisor restarts it with backoff); last lines of $(log_path "$name"):" >&2
+      tail -n 20 "$(log_path "$name")" >&2
+      return 1
+    fi
     if ((SECONDS >= deadline)); then
       echo "$name: not healthy after ${timeout}s; see $(log_path "$name")" >&2
       return 1
@@ -104,7 +136,8 @@ wait_healthy() {
   done
 }
 
-http_ok() { curl -sf -o /dev/null --max-time 2 "$1"; }
+# http_ok URL [TIMEOUT_SECONDS]: a 2xx answer within the timeout (default 2 s).
+http_ok() { curl -sf -o /dev/null --max-time "${2:-2}" "$1"; }
 
 port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 
 NAME=producer
-PATTERN="-m producer"
+PATTERN=$(supervised_pattern $NAME)  # infra/supervise.py restarts it when it exits
 START_TIMEOUT=${PRODUCER_START_TIMEOUT:-60}
 URL="http://$LAKE_HOST:$PRODUCER_METRICS_PORT"
 
@@ -22,11 +22,11 @@ case "${1:-}" in
     if [[ ${PRODUCER_SOURCE:-binance} == replay ]]; then
       export BINANCE_WS_URL="ws://$LAKE_HOST:$REPLAY_PORT" BINANCE_REST_URL="http://$LAKE_HOST:$REPLAY_PORT"
     fi
-    (cd "$ROOT" && start_bg $NAME "$PY" -m producer)
-    wait_healthy $NAME "$PATTERN" "$START_TIMEOUT" serving
+    (cd "$ROOT" && start_supervised $NAME "$PY" -m producer)
+    wait_healthy $NAME "$PATTERN" "$START_TIMEOUT" serving || { stop_pid $NAME "$PATTERN" 70 >/dev/null; exit 1; }
     echo "$NAME: up, reading $BINANCE_WS_URL, metrics $URL/metrics, health $URL/health (log $(log_path $NAME))"
     ;;
-  stop) stop_pid $NAME "$PATTERN" 60 ;;
+  stop) stop_pid $NAME "$PATTERN" 70 ;;
   status) pid_of $NAME "$PATTERN" ;;
   health) healthy ;;
   *) echo "usage: $0 start|stop|status|health" >&2; exit 2 ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus server (Debian's package) scraping the producer, the Spark
 # drivers and MinIO, on loopback.
-#   infra/prometheus.sh start|stop|status|health
+#   infra/prometheus.sh start|stop|status|health|render
 source "$(dirname "$0")/lib.sh"
 
 NAME=prometheus
@@ -13,13 +13,22 @@ URL="http://$LAKE_HOST:$PROMETHEUS_PORT"
 
 healthy() { http_ok "$URL/-/ready"; }
 
+targets() {
+  local list="" port
+  for port in "$@"; do list+="${list:+, }\"$LAKE_HOST:$port\""; done
+  echo "$list"
+}
+
+# The config and its rules into $PDIR (also `render`, for promtool in the tests).
 render_config() {
-  local targets="" port
-  for port in $SPARK_UI_PORTS; do targets+="${targets:+, }\"$LAKE_HOST:$port\""; done
+  local targets
+  targets=$(targets $SPARK_UI_PORTS)
   mkdir -p "$PDIR/data"
+  cp "$ROOT/infra/prometheus/alerts.yml" "$PDIR/alerts.yml"
   sed -e "s|@HOST@|$LAKE_HOST|g" -e "s|@SCRAPE_INTERVAL@|$SCRAPE_INTERVAL|g" \
       -e "s|@PRODUCER_METRICS_PORT@|$PRODUCER_METRICS_PORT|g" -e "s|@MINIO_PORT@|$MINIO_PORT|g" \
       -e "s|@PROMETHEUS_PORT@|$PROMETHEUS_PORT|g" -e "s|@SPARK_TARGETS@|$targets|g" \
+      -e "s|@QUERY_TARGETS@|$(targets $METRICS_PORTS)|g" \
       "$ROOT/infra/prometheus/prometheus.yml.in" >"$PDIR/prometheus.yml"
 }
 
@@ -35,8 +44,9 @@ case "${1:-}" in
     wait_healthy $NAME "$PATTERN" "$START_TIMEOUT" healthy
     echo "$NAME: up on $URL (log $(log_path $NAME))"
     ;;
+  render) render_config && echo "$PDIR/prometheus.yml" ;;
   stop) stop_pid $NAME "$PATTERN" 20 ;;
   status) pid_of $NAME "$PATTERN" ;;
   health) healthy ;;
-  *) echo "usage: $0 start|stop|status|health" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|health|render" >&2; exit 2 ;;
 esac

@@ -70,6 +70,11 @@ class ProducerMetrics:
             ["kind", "symbol"],
             registry=r,
         )
+        self.gaps_open = Gauge(
+            "producer_gaps_open",
+            "Id gaps detected (now or before a restart) whose backfill is not yet in Kafka",
+            registry=r,
+        )
         self.rest_rate_limited = Counter(
             "producer_rest_rate_limited", "REST answers 429/418 honoured", registry=r
         )

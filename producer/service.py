@@ -14,6 +14,7 @@ the last delivered ids.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from producer.resume import topic_tail_ids
 from producer.router import Control, Quarantined, Routed, Router
 from producer.sink import KafkaSink
 from streaming_jobs.common.settings import Settings
+from streaming_jobs.common.supervised import supervisor_restarts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Producer:
         subscribed = frozenset(s for g in self.groups for s in g.streams)
         self.router = Router(settings, subscribed)
         self.tracker = GapTracker(settings.producer_state_file())
+        self.metrics.gaps_open.set_function(lambda: len(self.tracker.pending_gaps()))
+        supervisor_restarts(self.metrics.registry, os.environ)
         self.sink = KafkaSink(
             settings.kafka_bootstrap_servers,
             self.metrics,

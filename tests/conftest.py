@@ -51,6 +51,7 @@ def write_test_conf(conf_dir: Path) -> None:
     streaming["bronze"]["trigger"] = "5 seconds"
     for layer in ("bronze", "silver", "gold"):
         streaming[layer]["ui_port"] += PORT_SHIFT
+        streaming[layer]["metrics_port"] += PORT_SHIFT
     streaming["sql_ui_port"] += PORT_SHIFT
     (conf_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     for name in ("symbols.yaml", "portfolio.yaml"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from streaming_jobs.common import metrics
 from streaming_jobs.common.settings import Settings, load_settings
 
 Start = Callable[[SparkSession, Settings, bool], Any]
@@ -38,6 +39,8 @@ def run_layer(
     )
     settings = load_settings()
     spark = SparkSession.builder.getOrCreate()
+    if not args.once:  # before the queries start, so the listener sees them start
+        metrics.serve(spark, layer, settings.services.host, settings.layer(layer).metrics_port)
     if prepare is not None:
         prepare(spark, settings)
     started = start(spark, settings, args.once)

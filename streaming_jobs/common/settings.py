@@ -112,6 +112,16 @@ def _check_port(value: int, what: str) -> None:
         raise ValueError(f"{what} {value} is not a TCP port (1-65535)")
 
 
+def check_symbol(symbol: str) -> str:
+    """The symbol if Binance could spell it so (it reaches stream, topic and path names)."""
+    if not _SYMBOL_RE.match(symbol):
+        raise ValueError(
+            f"symbol {symbol!r} is not a Binance spot symbol (upper-case letters and "
+            "digits, 5 to 20 of them, e.g. BTCUSDT)"
+        )
+    return symbol
+
+
 def stream_kind(stream: str) -> str:
     """The stream type (topic key) of a per-symbol stream suffix: kline_1m -> kline."""
     for kind, pattern in _STREAM_PATTERNS.items():
@@ -144,6 +154,12 @@ class ServicesSettings:
     # The replay exchange of `make demo` (python -m producer.replay).
     replay_port: int = 9443
     scrape_interval: str = "5s"
+    # infra/supervise.py: the wait before restarting an exited job doubles
+    # from the initial value to the max; a job that ran `restart_stable_s`
+    # starts over from the initial wait.
+    restart_backoff_initial_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
+    restart_stable_s: float = 120.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -151,6 +167,17 @@ class ServicesSettings:
                 _check_port(getattr(self, f.name), f.name)
         if not re.match(r"^[1-9][0-9]*(ms|s|m)$", self.scrape_interval):
             raise ValueError(f"scrape_interval {self.scrape_interval!r} is not like '5s'")
+        if not 0 < self.restart_backoff_initial_s <= self.restart_backoff_max_s:
+            raise ValueError("need 0 < restart_backoff_initial_s <= restart_backoff_max_s")
+        if self.restart_stable_s <= 0:
+            raise ValueError("restart_stable_s must be positive")
+
+    @property
+    def restart_backoff(self) -> str:
+        """infra/supervise.py's --backoff: initial,max,stable."""
+        return (
+            f"{self.restart_backoff_initial_s},{self.restart_backoff_max_s},{self.restart_stable_s}"
+        )
 
 
 @dataclass(frozen=True)
@@ -214,6 +241,8 @@ class LayerSettings:
 
     trigger: str
     ui_port: int
+    # The driver's own /metrics (query progress, Kafka lag, restarts) for Prometheus.
+    metrics_port: int
     watermark: str | None = None
     # Bounds a micro-batch (a burst or a backlog after downtime); None: no bound.
     max_offsets_per_trigger: int | None = None
@@ -225,6 +254,7 @@ class LayerSettings:
         if self.watermark is not None:
             _check_duration(self.watermark, "watermark")
         _check_port(self.ui_port, "ui_port")
+        _check_port(self.metrics_port, "metrics_port")
 
 
 @dataclass(frozen=True)
@@ -317,9 +347,11 @@ class StreamingSettings:
 
     def __post_init__(self) -> None:
         _check_port(self.sql_ui_port, "sql_ui_port")
-        ports = [self.bronze.ui_port, self.silver.ui_port, self.gold.ui_port, self.sql_ui_port]
+        layers = (self.bronze, self.silver, self.gold)
+        ports = [*(layer.ui_port for layer in layers), self.sql_ui_port]
+        ports += [layer.metrics_port for layer in layers]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"every layer needs its own Spark UI port, got {ports}")
+            raise ValueError(f"every layer needs its own Spark UI and metrics port, got {ports}")
 
 
 @dataclass(frozen=True)
@@ -405,11 +437,7 @@ class SymbolEntry:
     streams: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not _SYMBOL_RE.match(self.name):
-            raise ValueError(
-                f"symbol {self.name!r} is not a Binance spot symbol (upper-case letters and "
-                "digits, e.g. BTCUSDT)"
-            )
+        check_symbol(self.name)
         if self.tier not in (1, 2, 3):
             raise ValueError(f"tier must be 1, 2 or 3, got {self.tier}")
         if self.streams is not None:
@@ -687,6 +715,8 @@ def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) 
         "BINANCE_REST_URL": settings.producer.rest_base_url,
         "SCRAPE_INTERVAL": s.scrape_interval,
         "SPARK_UI_PORTS": " ".join(str(settings.layer(name).ui_port) for name in LAYERS),
+        "METRICS_PORTS": " ".join(str(settings.layer(name).metrics_port) for name in LAYERS),
+        "RESTART_BACKOFF": s.restart_backoff,
         "MINIO_ROOT_USER": creds.access_key,
         "MINIO_ROOT_PASSWORD": creds.secret_key,
     }

@@ -101,7 +101,19 @@ def test_shipped_config_loads() -> None:
         (lambda d: d.pop("streaming"), "pipeline.yaml: streaming: missing required key"),
         (
             lambda d: d["streaming"]["silver"].update(ui_port=4040),
-            "pipeline.yaml: streaming: every layer needs its own Spark UI port",
+            "pipeline.yaml: streaming: every layer needs its own Spark UI and metrics port",
+        ),
+        (
+            lambda d: d["streaming"]["gold"].update(metrics_port=8001),
+            "pipeline.yaml: streaming: every layer needs its own Spark UI and metrics port",
+        ),
+        (
+            lambda d: d["streaming"]["gold"].pop("metrics_port"),
+            "pipeline.yaml: streaming.gold.metrics_port: missing required key",
+        ),
+        (
+            lambda d: d["services"].update(restart_backoff_initial_s=0),
+            "pipeline.yaml: services: need 0 < restart_backoff_initial_s <= restart_backoff_max_s",
         ),
     ],
 )
