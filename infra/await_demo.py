@@ -19,7 +19,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streaming_jobs.common import progress
+from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.settings import load_settings
 
 POLL_S = 1.0
@@ -84,8 +84,8 @@ def report(settings: Any, handled: int) -> int:
     finally:
         consumer.close()
     print("tables (last commit, UTC):")
-    for table in progress.tables(settings):
-        when = progress.last_commit(settings, table)
+    for table in lakefiles.tables(settings):
+        when = lakefiles.last_commit(settings, table)
         print(f"  {table:<24} {when.isoformat(timespec='seconds') if when else '-'}")
     return 0
 

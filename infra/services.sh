@@ -2,7 +2,8 @@
 # Start, stop and report the local services as one stack.
 #   infra/services.sh up [SERVICE...]     start in order (default: all), each awaited healthy
 #   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
-#   infra/services.sh status              one line per service; exit 1 if any is down
+#   infra/services.sh status              one screen: processes, topics, lag, tables, producer;
+#                                         exit 1 if any process is down or a section failed
 # Services: kafka minio prometheus producer bronze silver gold, and replay (the exchange
 # of `make demo`, only reported when it runs).
 source "$(dirname "$0")/lib.sh"
@@ -59,25 +60,31 @@ case "$cmd" in
     ;;
   status)
     down=0
-    printf '%-12s %-6s %-8s %-10s %-22s %s\n' SERVICE STATE PID UPTIME ADDRESS LOG
+    printf '%-11s %-10s %-8s %-10s %-9s %-22s %s\n' SERVICE STATE PID UPTIME RESTARTS ADDRESS LOG
     for s in "${ALL[@]}"; do
-      state=down pid=- uptime=-
+      state=down pid=- uptime=- restarts=-
       if [[ $OPTIONAL == *" $s "* ]] && ! "$INFRA/$s.sh" status >/dev/null 2>&1; then
         continue
       fi
       if pid=$("$INFRA/$s.sh" status 2>/dev/null); then
         uptime=$(ps -o etime= -p "$pid" | tr -d ' ')
         if "$INFRA/$s.sh" health >/dev/null 2>&1; then state=up; else state=sick; fi
+        # Supervised jobs: restarts so far, and "restarting" while in backoff.
+        if restarts=$(supervised_field "$s" restarts); then
+          [[ $(supervised_field "$s" state) == backoff ]] && state=restarting
+        else
+          restarts=-
+        fi
       else
         pid=-
       fi
       [[ $state == up ]] || down=1
-      printf '%-12s %-6s %-8s %-10s %-22s %s\n' "$s" "$state" "$pid" "$uptime" "$(port_of "$s")" "$(log_path "$s")"
+      printf '%-11s %-10s %-8s %-10s %-9s %-22s %s\n' "$s" "$state" "$pid" "$uptime" "$restarts" \
+        "$(port_of "$s")" "$(log_path "$s")"
     done
-    if [[ $(pid_of kafka kafka.Kafka) ]]; then
-      echo
-      (cd "$ROOT" && "$PY" -m streaming_jobs.common.progress) || down=1
-    fi
+    echo
+    # Topics, each query's lag, tables, the producer's metrics, data quality.
+    (cd "$ROOT" && "$PY" -m streaming_jobs.common.progress) || down=1
     exit $down
     ;;
   *) echo "usage: $0 up|down|status [SERVICE...]" >&2; exit 2 ;;

@@ -7,68 +7,37 @@ minus those; a Hudi table's last commit is the newest completed instant in
 its timeline. Works on both storage profiles (local files, or MinIO through
 the S3 API).
 
-    python -m streaming_jobs.common.progress     # one line per query and table
+    python -m streaming_jobs.common.progress     # topics, queries, tables, producer, quality
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import re
-import sys
-from pathlib import Path
+import time
+import urllib.request
 from typing import Any
 
-import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
-from streaming_jobs.common.s3 import S3Client, S3Error
-from streaming_jobs.common.settings import Settings, load_settings
-
-# Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
-# Base files: <file id>_<write token>_<instant>.parquet.
-_BASE_FILE = re.compile(r"([0-9a-f-]+-[0-9]+)_([0-9-]+)_([0-9]{17})\.parquet")
-DATA_QUALITY = "gold_data_quality"
-_INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
-
-
-class _Store:
-    """Files under a lake URI: file:// or s3a://bucket/..."""
-
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._s3 = (
-            S3Client(settings.s3_endpoint, settings.s3_credentials())
-            if settings.storage_profile == "minio"
-            else None
-        )
-
-    def _split(self, uri: str) -> tuple[str, str]:
-        bucket, _, key = uri.removeprefix("s3a://").partition("/")
-        return bucket, key
-
-    def list(self, uri: str) -> list[str]:
-        if self._s3 is None:
-            root = Path(uri.removeprefix("file://"))
-            return (
-                [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
-                if root.exists()
-                else []
-            )
-        bucket, prefix = self._split(uri)
-        keys = self._s3.list_keys(bucket, prefix.rstrip("/") + "/")
-        return [k.removeprefix(prefix.rstrip("/") + "/") for k in keys]
-
-    def read(self, uri: str) -> bytes:
-        if self._s3 is None:
-            return Path(uri.removeprefix("file://")).read_bytes()
-        return self._s3.get(*self._split(uri))
+from streaming_jobs.common.lakefiles import (
+    Store,
+    instants,
+    latest_rows,
+    partitions,
+    table_stats,
+    tables,
+)
+from streaming_jobs.common.s3 import S3Error
+from streaming_jobs.common.settings import LAYERS, TOPIC_KEYS, Settings, load_settings
 
 
 def batches(settings: Settings, query: str) -> tuple[list[int], list[int]]:
     """(batches planned, batches committed) in the query's checkpoint, ascending."""
-    names = _Store(settings).list(settings.checkpoint_path(query))
+    names = Store(settings).list(settings.checkpoint_path(query))
 
     def ids(folder: str) -> list[int]:
         return sorted(int(n.split("/")[1]) for n in names if re.fullmatch(rf"{folder}/[0-9]+", n))
@@ -78,7 +47,7 @@ def batches(settings: Settings, query: str) -> tuple[list[int], list[int]]:
 
 def committed_offsets(settings: Settings, query: str) -> dict[tuple[str, int], int] | None:
     """Kafka offsets the query has committed (next offset to read), or None before batch 0."""
-    store = _Store(settings)
+    store = Store(settings)
     root = settings.checkpoint_path(query)
     _planned, commits = batches(settings, query)
     if not commits:
@@ -86,8 +55,8 @@ def committed_offsets(settings: Settings, query: str) -> dict[tuple[str, int], i
     lines = store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()
     offsets: dict[tuple[str, int], int] = {}
     for line in lines[2:]:  # version, batch metadata, then one line per source
-        for topic, partitions in json.loads(line).items():
-            for partition, offset in partitions.items():
+        for topic, by_partition in json.loads(line).items():
+            for partition, offset in by_partition.items():
                 offsets[(topic, int(partition))] = int(offset)
     return offsets
 
@@ -126,73 +95,23 @@ def bronze_lag(settings: Settings) -> int | None:
     return None if None in lags else sum(lag for lag in lags if lag is not None)
 
 
-def _instants(settings: Settings, table: str) -> list[str]:
-    store = _Store(settings)
-    return sorted(
-        m.group(1)
-        for n in store.list(f"{settings.table_path(table)}/.hoodie")
-        if (m := _INSTANT.search(n))
-    )
-
-
-def completed_instants(settings: Settings, table: str) -> dict[str, int]:
-    """Each completed commit of a Hudi table: its instant -> the epoch ms it completed."""
-    done = {}
-    for name in _Store(settings).list(f"{settings.table_path(table)}/.hoodie"):
-        m = _INSTANT.search(name)
-        if m and m.group(2):
-            stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
-            done[m.group(1)] = int(stamp.timestamp() * 1000)
-    return done
-
-
-def last_commit(settings: Settings, table: str) -> dt.datetime | None:
-    instants = _instants(settings, table)
-    if not instants:
-        return None
-    return dt.datetime.strptime(instants[-1], "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
-
-
 def commits_behind(settings: Settings, query: str, table: str) -> int | None:
     """Commits of Hudi `table` a query reading it as a stream has not committed yet.
 
     None before the query's first batch (a table with no commit is 0 behind).
     """
-    store = _Store(settings)
+    store = Store(settings)
     root = settings.checkpoint_path(query)
     _planned, commits = batches(settings, query)
     if not commits:
-        return None if _instants(settings, table) else 0
+        return None if instants(settings, table) else 0
     done = ""
     for line in store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()[2:]:
         done = max(done, json.loads(line).get("offsetCommitTime", ""))
-    return sum(1 for instant in _instants(settings, table) if instant > done)
+    return sum(1 for instant in instants(settings, table) if instant > done)
 
 
-def latest_rows(settings: Settings, table: str, partition: str) -> list[dict[str, Any]]:
-    """The rows of one partition of a COPY_ON_WRITE table, read without Spark.
-
-    Each file group's newest base file written by a completed commit holds
-    its current rows (older files are versions the cleaner has not removed).
-    """
-    store = _Store(settings)
-    root = settings.table_path(table)
-    done = completed_instants(settings, table)
-    newest: dict[str, tuple[str, str]] = {}
-    for name in store.list(f"{root}/{partition}"):
-        m = _BASE_FILE.fullmatch(name)
-        if m and m.group(3) in done and m.group(3) > newest.get(m.group(1), ("", ""))[0]:
-            newest[m.group(1)] = (m.group(3), name)
-    rows: list[dict[str, Any]] = []
-    for _instant, name in newest.values():
-        data = pq.read_table(io.BytesIO(store.read(f"{root}/{partition}/{name}")))
-        rows.extend(data.to_pylist())
-    return rows
-
-
-def partitions(settings: Settings, table: str) -> list[str]:
-    names = _Store(settings).list(settings.table_path(table))
-    return sorted({n.split("/", 1)[0] for n in names if "=" in n.split("/", 1)[0]})
+DATA_QUALITY = "gold_data_quality"
 
 
 def data_quality(settings: Settings) -> tuple[str, list[dict[str, Any]]] | None:
@@ -203,16 +122,6 @@ def data_quality(settings: Settings) -> tuple[str, list[dict[str, Any]]] | None:
     today = f"day={dt.datetime.now(dt.UTC).date().isoformat()}"
     day = today if today in days else days[-1]
     return day.removeprefix("day="), latest_rows(settings, DATA_QUALITY, day)
-
-
-def tables(settings: Settings) -> list[str]:
-    store = _Store(settings)
-    names = {
-        n.split("/", 1)[0]
-        for n in store.list(settings.table_path("").rstrip("/"))
-        if "/.hoodie/" in n
-    }
-    return sorted(names)
 
 
 GOLD_SOURCE = "silver_ohlcv"
@@ -247,33 +156,127 @@ def print_quality(day: str, rows: list[dict[str, Any]]) -> None:
         print(" ".join(cells))
 
 
-def main() -> int:
-    settings = load_settings()
+def scrape(url: str) -> dict[str, float]:
+    """A /metrics page as {name{labels}: value}; {} when it does not answer."""
     try:
-        print(f"{'QUERY':<12} {'LAG (records)':<14} CHECKPOINT")
-        for query in settings.bronze_queries():
-            behind = lag(settings, query)
-            print(
-                f"{query:<12} {'-' if behind is None else behind:<14} "
-                f"{settings.checkpoint_path(query)}"
-            )
-        for query, source in (("silver", silver_source(settings)), ("gold", GOLD_SOURCE)):
-            behind = commits_behind(settings, query, source)
-            print(
-                f"{query:<12} {'-' if behind is None else f'{behind} commits':<14} "
-                f"{settings.checkpoint_path(query)} (reads {source})"
-            )
-        print(f"\n{'TABLE':<24} LAST COMMIT (UTC)")
-        for table in tables(settings):
-            when = last_commit(settings, table)
-            print(f"{table:<24} {when.isoformat(timespec='seconds') if when else '-'}")
+        with urllib.request.urlopen(url, timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(name + "{"))
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def print_topics(settings: Settings) -> None:
+    ends = end_offsets(settings)
+    print(f"{'TOPIC':<26} {'PARTITIONS':>10} {'END OFFSETS':>12}")
+    for kind, spec in settings.pipeline.kafka.topics.items():
+        offsets = [off for (topic, _p), off in ends.items() if topic == spec.name]
+        print(f"{spec.name:<26} {len(offsets):>10} {sum(offsets):>12}  ({kind})")
+
+
+def print_queries(settings: Settings) -> None:
+    progress: dict[str, float] = {}
+    for layer in LAYERS:
+        url = f"http://{settings.services.host}:{settings.layer(layer).metrics_port}/metrics"
+        for key, value in scrape(url).items():
+            if key.startswith("lakehouse_query_last_progress_timestamp_seconds{"):
+                progress[key.split('query="', 1)[1].split('"', 1)[0]] = value
+    now = time.time()
+    print(f"\n{'QUERY':<12} {'READS':<26} {'LAG':<14} {'LAST PROGRESS':<14} CHECKPOINT")
+    rows: list[tuple[str, str, str]] = []
+    for query, kinds in settings.bronze_queries().items():
+        records = lag(settings, query)
+        reads = ",".join(kinds) if len(kinds) < len(TOPIC_KEYS) else "every topic"
+        rows.append((query, reads, "-" if records is None else f"{records} records"))
+    for query, source in (("silver", silver_source(settings)), ("gold", GOLD_SOURCE)):
+        commits = commits_behind(settings, query, source)
+        rows.append((query, source, "-" if commits is None else f"{commits} commits"))
+    for query, reads, behind in rows:
+        seen = f"{_age(now - progress[query])} ago" if query in progress else "-"
+        print(f"{query:<12} {reads:<26} {behind:<14} {seen:<14} {settings.checkpoint_path(query)}")
+
+
+def print_tables(settings: Settings) -> None:
+    now = dt.datetime.now(dt.UTC)
+    print(f"\n{'TABLE':<24} {'ROWS':>10} {'FILES':>6} {'SIZE':>9}  LAST COMMIT (UTC)")
+    for table in tables(settings):
+        stats = table_stats(settings, table)
+        when = stats.last_commit
+        last = (
+            f"{when.isoformat(timespec='seconds')} ({_age((now - when).total_seconds())} ago)"
+            if when
+            else "-"
+        )
+        print(f"{table:<24} {stats.rows:>10} {stats.files:>6} {_size(stats.bytes):>9}  {last}")
+
+
+def print_producer(settings: Settings) -> None:
+    url = f"http://{settings.services.host}:{settings.services.producer_metrics_port}/metrics"
+    first = scrape(url)
+    if not first:
+        print("\nPRODUCER   not answering on " + url)
+        return
+    time.sleep(1.0)
+    second = scrape(url) or first
+    rate = total(second, "producer_frames_received_total") - total(
+        first, "producer_frames_received_total"
+    )
+    ages = [v for k, v in second.items() if k.startswith("producer_last_frame_age_seconds{")]
+    print(
+        f"\nPRODUCER   {rate:.0f} frames/s, "
+        f"{total(second, 'producer_frames_received_total'):.0f} received, "
+        f"last frame {f'{max(ages):.1f}s ago' if ages else '-'}, "
+        f"gaps open {total(second, 'producer_gaps_open'):.0f} "
+        f"(detected {total(second, 'producer_gaps_detected_total'):.0f}, "
+        f"filled {total(second, 'producer_gaps_filled_total'):.0f}), "
+        f"delivery errors {total(second, 'producer_delivery_errors_total'):.0f}, "
+        f"quarantined {total(second, 'producer_quarantined_total'):.0f}, "
+        f"reconnects {total(second, 'producer_reconnects_total'):.0f}"
+    )
+
+
+def main() -> int:
+    """The part of `make status` after the process table; 1 if a section failed."""
+    settings = load_settings()
+    failed = 0
+    sections = (print_topics, print_queries, print_tables, print_producer)
+    for section in sections:
+        try:
+            section(settings)
+        except (OSError, S3Error, KafkaError) as err:
+            print(f"{section.__name__.removeprefix('print_')}: unavailable ({err})")
+            failed = 1
+    try:
         quality = data_quality(settings)
-        if quality is not None:
-            print_quality(*quality)
     except (OSError, S3Error) as err:
-        print(f"progress: {err}", file=sys.stderr)
+        print(f"data quality: unavailable ({err})")
         return 1
-    return 0
+    if quality is not None:
+        print_quality(*quality)
+    return failed
 
 
 if __name__ == "__main__":

@@ -37,7 +37,11 @@ class S3Client:
         self.region = region
 
     def _request(
-        self, method: str, path: str, query: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         url = urllib.parse.urlsplit(self.endpoint + path)
         now = dt.datetime.now(dt.UTC)
@@ -75,7 +79,10 @@ class S3Client:
             f"SignedHeaders={signed}, Signature={signature}"
         )
         full_url = self.endpoint + path + (f"?{canonical_query}" if canonical_query else "")
-        request = urllib.request.Request(full_url, method=method, headers=headers)
+        # Extra headers (Range) are sent unsigned, which SigV4 allows.
+        request = urllib.request.Request(
+            full_url, method=method, headers={**headers, **(extra or {})}
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read()
@@ -99,15 +106,21 @@ class S3Client:
             raise S3Error(f"creating bucket {bucket} answered {status}: {body[:300]!r}")
         return True
 
-    def get(self, bucket: str, key: str) -> bytes:
-        status, body = self._request("GET", f"/{bucket}/{key}")
-        if status != 200:
+    def get(self, bucket: str, key: str, tail: int | None = None) -> bytes:
+        """The object, or only its last `tail` bytes."""
+        extra = {"Range": f"bytes=-{tail}"} if tail else None
+        status, body = self._request("GET", f"/{bucket}/{key}", extra=extra)
+        if status not in (200, 206):
             raise S3Error(f"GET s3://{bucket}/{key} answered {status}: {body[:300]!r}")
         return body
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object key under prefix (follows continuation tokens)."""
-        keys: list[str] = []
+        return list(self.list_sizes(bucket, prefix))
+
+    def list_sizes(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object key under prefix with its size in bytes."""
+        keys: dict[str, int] = {}
         token: str | None = None
         while True:
             query = {"list-type": "2", "prefix": prefix}
@@ -117,7 +130,8 @@ class S3Client:
             if status != 200:
                 raise S3Error(f"listing s3://{bucket}/{prefix} answered {status}: {body[:300]!r}")
             root = ET.fromstring(body)
-            keys += [el.text or "" for el in root.iter(f"{_NS}Key")]
+            for item in root.iter(f"{_NS}Contents"):
+                keys[item.findtext(f"{_NS}Key") or ""] = int(item.findtext(f"{_NS}Size") or 0)
             token = root.findtext(f"{_NS}NextContinuationToken")
             if not token:
                 return keys

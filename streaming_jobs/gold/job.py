@@ -30,7 +30,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
-from streaming_jobs.common import progress
+from streaming_jobs.common import lakefiles
 from streaming_jobs.common.hudi import (
     HudiTable,
     await_table,
@@ -326,7 +326,7 @@ def data_quality(spark: SparkSession, settings: Settings, days: DataFrame) -> Da
     """One row per (symbol, UTC day) in `days` (columns symbol, date), from bronze and silver."""
     watermark_ms = settings.pipeline.streaming.silver.watermark_ms
     path = settings.table_path(bronze.TRADES.name)
-    completed = progress.completed_instants(settings, bronze.TRADES.name)
+    completed = lakefiles.completed_instants(settings, bronze.TRADES.name)
     commits = spark.createDataFrame(
         sorted(completed.items()) or [("", 0)], "commit string, committed_ms long"
     )

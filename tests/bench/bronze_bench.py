@@ -44,7 +44,7 @@ from producer.replay.captures import Frame, merge_captures, plan_shifts, shifted
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
-from streaming_jobs.common import progress
+from streaming_jobs.common import lakefiles
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
@@ -170,7 +170,7 @@ def run_parquet(spark: SparkSession, settings: Settings, out: Path) -> float:
 
 def hudi_visible(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
     """commit instant -> the epoch ms it completed, from the table's timeline."""
-    done = progress.completed_instants(settings, table)
+    done = lakefiles.completed_instants(settings, table)
     return spark.createDataFrame(sorted(done.items()), "commit string, visible_ms long")
 
 

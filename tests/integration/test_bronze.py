@@ -30,7 +30,7 @@ from producer.replay.captures import Capture, merge_captures, read_capture
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
-from streaming_jobs.common import progress
+from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
@@ -145,7 +145,7 @@ def test_capture_lands_typed_exactly_once(
 
     # What `make status` and `make demo ONCE=1` read, without Spark.
     assert progress.bronze_lag(settings) == 0
-    assert progress.tables(settings) == sorted(
+    assert lakefiles.tables(settings) == sorted(
         [
             tables.TRADES.name,
             tables.BOOK_TICKER.name,
@@ -153,7 +153,7 @@ def test_capture_lands_typed_exactly_once(
             tables.QUARANTINE.name,
         ]
     )
-    committed = progress.last_commit(settings, tables.TRADES.name)
+    committed = lakefiles.last_commit(settings, tables.TRADES.name)
     assert committed is not None
     assert abs((dt.datetime.now(dt.UTC) - committed).total_seconds()) < 600
 

@@ -91,12 +91,13 @@ def test_status_shows_every_service_up_with_port_and_log(services: Settings) -> 
     assert lines["producer"][1] == lines["bronze"][1] == "down"
     assert result.returncode == 1, result.stdout + result.stderr
     assert "replay" not in lines  # reported only while `make demo` runs it
-    assert "LAG (records)" in result.stdout and "LAST COMMIT (UTC)" in result.stdout
+    for header in ("TOPIC", "QUERY", "LAST PROGRESS", "LAST COMMIT (UTC)", "PRODUCER"):
+        assert header in result.stdout
     s = services.services
     expected = {"kafka": s.kafka_port, "minio": s.minio_port, "prometheus": s.prometheus_port}
     for name, port in expected.items():
-        state, pid, _uptime, address, log = lines[name][1:]
-        assert state == "up" and pid.isdigit()
+        state, pid, _uptime, restarts, address, log = lines[name][1:]
+        assert state == "up" and pid.isdigit() and restarts == "-"  # not supervised
         assert address == f"{s.host}:{port}"
         assert log == str(services.log_dir() / f"{name}.log")
 
