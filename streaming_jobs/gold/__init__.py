@@ -1,5 +1,10 @@
 """Gold: cross-asset analytics, risk and signals, streaming from silver."""
 
-from streaming_jobs.gold.job import main
+from __future__ import annotations
 
-__all__ = ["main"]
+
+def main(argv: list[str]) -> int:
+    """The job; imported on call, so the pure modules load without Spark (the CLI uses them)."""
+    from streaming_jobs.gold.job import main as run
+
+    return run(argv)

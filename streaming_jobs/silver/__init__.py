@@ -4,6 +4,11 @@
 are the pure transforms it applies.
 """
 
-from streaming_jobs.silver.job import main
+from __future__ import annotations
 
-__all__ = ["main"]
+
+def main(argv: list[str]) -> int:
+    """The job; imported on call, so the pure modules load without Spark (the CLI uses them)."""
+    from streaming_jobs.silver.job import main as run
+
+    return run(argv)
