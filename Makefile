@@ -76,16 +76,8 @@ up: setup
 	@$(MAKE) --no-print-directory where
 
 demo: setup
-	@infra/services.sh up kafka minio prometheus
-	@SPEED=$${SPEED:-$(if $(ONCE),max,1)} infra/replay.sh start
-	@PRODUCER_SOURCE=replay infra/producer.sh start
-	@infra/bronze.sh start
-	@infra/silver.sh start
-	@infra/gold.sh start
-	@if [[ -n "$(ONCE)" ]]; then \
-	  rc=0; $(PY) infra/await_demo.py || rc=$$?; \
-	  infra/services.sh down; exit $$rc; \
-	else $(MAKE) --no-print-directory where; fi
+	@ONCE=$(ONCE) infra/demo.sh
+	@[[ -n "$(ONCE)" ]] || $(MAKE) --no-print-directory where
 
 where:
 	@eval "$$($(PY) -m streaming_jobs.common.settings shell)"; \
@@ -94,7 +86,9 @@ where:
 	echo "MinIO (S3)   $$S3_ENDPOINT  (console http://$$LAKE_HOST:$$MINIO_CONSOLE_PORT, bucket $$S3_BUCKET)"; \
 	echo "Prometheus   http://$$LAKE_HOST:$$PROMETHEUS_PORT  (targets: /targets)"; \
 	echo "Producer     http://$$LAKE_HOST:$$PRODUCER_METRICS_PORT/metrics and /health"; \
-	echo "Spark UIs    bronze/silver/gold on ports $$SPARK_UI_PORTS when their jobs run"; \
+	echo "Spark UIs    bronze/silver/gold on http://$$LAKE_HOST ports $$SPARK_UI_PORTS (metrics: /metrics/prometheus/)"; \
+	echo "Query metrics bronze/silver/gold on http://$$LAKE_HOST ports $$METRICS_PORTS (/metrics)"; \
+	echo "Status       make status   (the lake: .venv/bin/lakehouse --help)"; \
 	echo "Logs         $$STATE_DIR/logs/"; \
 	echo "Stop with    make down"
 

@@ -29,7 +29,7 @@ from producer.binance.client import Connection, StreamClient
 from producer.binance.streams import stream_groups
 from producer.metrics import ProducerMetrics
 from producer.service import Producer
-from producer.topics import admin_client
+from producer.topics import admin_client, ensure_topics
 from streaming_jobs.common.settings import Settings, load_settings
 from streaming_jobs.common.strict import ConfigError
 
@@ -112,6 +112,11 @@ def main(argv: list[str]) -> int:
         admin = admin_client(settings, timeout_ms=8_000)
         admin.describe_cluster()
         admin.close()
+        # The producer writes the topics, so it makes them match the config
+        # (infra/kafka.sh does too at the broker's start; a broker that was
+        # already running, or a Kafka cluster, may not have them yet).
+        for change in ensure_topics(settings):
+            log.info("topics: %s", change)
         producer = Producer(settings)
     except KafkaError as err:
         print(

@@ -1,0 +1,355 @@
+"""Operating the pipeline: `make demo ONCE=1`, `make status`, the `lakehouse` CLI and
+its charts, supervision and the Prometheus alerts, on one replayed demo run.
+
+`make demo ONCE=1` runs once for the module, on the tests' Kafka, MinIO and
+Prometheus (left running: the demo stops only what it started), with topics
+and a lake of its own. Every later test reads what it produced; the live
+tests then restart bronze, silver and gold under their supervisors on the
+same lake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from producer.replay.captures import merge_captures
+from streaming_jobs.common import lakefiles, progress
+from streaming_jobs.common.hudi import read_table
+from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from tests.support import await_true, get_json
+
+# What `make demo` replays by default (infra/replay.sh).
+CAPTURES = [
+    PROJECT_ROOT / "producer" / "replay" / "captures" / f"spot_{symbol}_20240808.gz"
+    for symbol in ("btcusdt", "ethusdt")
+]
+INFRA = PROJECT_ROOT / "infra"
+LAYERS = ("bronze", "silver", "gold")
+ALL_TABLES = {
+    "bronze_trades",
+    "bronze_depth_updates",
+    "bronze_book_ticker",
+    "silver_ohlcv",
+    "gold_market_summary",
+    "gold_correlation",
+    "gold_risk",
+    "gold_signals",
+    "gold_data_quality",
+}
+
+
+@dataclass(frozen=True)
+class Demo:
+    settings: Settings
+    env: dict[str, str]
+    stdout: str
+
+
+def demo_conf(root: Path) -> Path:
+    """The tests' conf with topics, a lake and a producer state file of the demo's own."""
+    conf = root / "conf"
+    shutil.copytree(os.environ["LAKE_CONF_DIR"], conf)
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
+    for spec in pipeline["kafka"]["topics"].values():
+        spec["name"] = f"demo.{spec['name']}"
+    pipeline["storage"]["local_root"] = "demo-lake"
+    pipeline["producer"]["state_file"] = "demo/producer-state.json"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    return conf
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    conf = demo_conf(tmp_path_factory.mktemp("demo"))
+    env = {**os.environ, "LAKE_CONF_DIR": str(conf), "DEMO_TIMEOUT_S": "900"}
+    env.pop("MAKEFLAGS", None)
+    try:
+        done = run(["make", "--no-print-directory", "demo", "ONCE=1"], env, timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield Demo(load_settings(conf, env), env, done.stdout)
+    finally:
+        run([str(INFRA / "services.sh"), "down", "replay", "producer", *LAYERS], env)
+
+
+def lake(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every table's current rows, in key order."""
+    return {
+        table: sorted(lakefiles.latest_rows(settings, table), key=lambda r: r["_hoodie_record_key"])
+        for table in lakefiles.tables(settings)
+    }
+
+
+def lakehouse(demo: Demo, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([str(PROJECT_ROOT / ".venv" / "bin" / "lakehouse"), *args], demo.env, timeout=300)
+
+
+def status(demo: Demo) -> tuple[int, dict[str, list[str]], str]:
+    """`make status`: exit code, the process table by service, the whole screen."""
+    done = run(["make", "--no-print-directory", "status"], demo.env, timeout=120)
+    table = done.stdout.split("\n\n", 1)[0]
+    lines = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    return done.returncode, lines, done.stdout
+
+
+# --- make demo ONCE=1 -------------------------------------------------------------
+
+
+def test_demo_once_lands_the_capture_in_every_layer(demo: Demo) -> None:
+    capture = merge_captures(CAPTURES)
+    trade_ids = {
+        (json.loads(f.raw)["data"]["s"], json.loads(f.raw)["data"]["t"])
+        for f in capture.frames
+        if f.stream.endswith("@trade")
+    }
+    trades = lakefiles.latest_rows(demo.settings, "bronze_trades")
+    assert sorted((r["symbol"], r["trade_id"]) for r in trades) == sorted(trade_ids)
+    assert set(lakefiles.tables(demo.settings)) == ALL_TABLES
+    for table in ALL_TABLES - {"gold_signals"}:
+        assert lakefiles.table_stats(demo.settings, table).rows > 0, table
+    bars = lakefiles.latest_rows(demo.settings, "silver_ohlcv")
+    series = {(r["symbol"], r["interval"]) for r in bars}
+    assert series == {
+        (s, i) for s in ("BTCUSDT", "ETHUSDT") for i in ("1m", "5m", "15m", "1h", "4h", "1d")
+    }
+    assert "demo: the capture is in Kafka" in demo.stdout
+    # The demo stopped what it started and nothing else.
+    for name in ("kafka", "minio", "prometheus"):
+        assert run([str(INFRA / f"{name}.sh"), "status"], demo.env).returncode == 0, name
+    for name in ("replay", "producer", *LAYERS):
+        assert run([str(INFRA / f"{name}.sh"), "status"], demo.env).returncode != 0, name
+
+
+def test_file_reader_equals_sparks_snapshot_read(demo: Demo, spark: Any) -> None:
+    """What the CLI and `make status` read without Spark is what Spark reads."""
+    for table in ALL_TABLES:
+        ours = lakefiles.latest_rows(demo.settings, table)
+        theirs = read_table(spark, demo.settings.table_path(table)).collect()
+        assert len(ours) == len(theirs) == lakefiles.table_stats(demo.settings, table).rows, table
+        assert sorted(r["_hoodie_record_key"] for r in ours) == sorted(
+            r["_hoodie_record_key"] for r in theirs
+        ), table
+    bars = {
+        r["_hoodie_record_key"]: r for r in lakefiles.latest_rows(demo.settings, "silver_ohlcv")
+    }
+    for row in read_table(spark, demo.settings.table_path("silver_ohlcv")).collect():
+        ours = bars[row["_hoodie_record_key"]]
+        assert (ours["close"], ours["volume"], ours["rsi_14"]) == (
+            row["close"],
+            row["volume"],
+            row["rsi_14"],
+        )
+
+
+# --- the lakehouse CLI --------------------------------------------------------------
+
+
+def test_cli_bars_in_every_format(demo: Demo) -> None:
+    rows = sorted(
+        lakefiles.latest_rows(demo.settings, "silver_ohlcv", "symbol=BTCUSDT/interval=1m"),
+        key=lambda r: r["open_time"],
+    )
+    as_json = lakehouse(demo, "bars", "BTCUSDT", "-i", "1m", "-n", "5", "-f", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    got = json.loads(as_json.stdout)
+    assert [b["open_time"] for b in got] == [
+        f"{r['open_time']:%Y-%m-%dT%H:%M:%SZ}" for r in rows[-5:]
+    ]
+    # Decimals travel as exact strings at the column's scale.
+    assert [b["close"] for b in got] == [f"{r['close']:f}" for r in rows[-5:]]
+    as_csv = lakehouse(demo, "bars", "btcusdt", "-n", "3", "-f", "csv").stdout.splitlines()
+    assert as_csv[0].startswith("open_time,open,high,low,close,volume")
+    assert as_csv[-1].split(",")[4] == f"{rows[-1]['close']:f}"
+    table = lakehouse(demo, "bars", "BTCUSDT", "-n", "4").stdout.splitlines()
+    assert table[0].split()[:5] == ["OPEN_TIME", "OPEN", "HIGH", "LOW", "CLOSE"] and len(table) == 5
+    assert len({line.index(" ", 20) for line in table}) == 1  # columns aligned
+    window = lakehouse(
+        demo, "bars", "BTCUSDT", "--since", rows[2]["open_time"].isoformat(),
+        "--until", rows[5]["open_time"].isoformat(), "-f", "json",
+    )  # fmt: skip
+    assert len(json.loads(window.stdout)) == 3
+
+
+def test_cli_indicators_signals_risk_tables(demo: Demo) -> None:
+    last = max(
+        lakefiles.latest_rows(demo.settings, "silver_ohlcv", "symbol=ETHUSDT/interval=1m"),
+        key=lambda r: r["open_time"],
+    )
+    got = json.loads(lakehouse(demo, "indicators", "ETHUSDT", "-n", "1", "-f", "json").stdout)
+    assert got[0]["rsi_14"] == last["rsi_14"] and got[0]["macd"] == last["macd"]
+    signals = lakehouse(demo, "signals", "BTCUSDT", "-f", "json")
+    assert signals.returncode == 0 and isinstance(json.loads(signals.stdout), list)
+    risk = json.loads(lakehouse(demo, "risk", "portfolio:core", "-f", "json").stdout)
+    assert {r["window"] for r in risk} == {"1 hour", "24 hours"}
+    assert all(r["subject"] == "portfolio:core" and r["n_obs"] > 0 for r in risk)
+    tables = {r["table"]: r for r in json.loads(lakehouse(demo, "tables", "-f", "json").stdout)}
+    assert set(tables) == ALL_TABLES
+    assert (
+        tables["bronze_trades"]["rows"]
+        == lakefiles.table_stats(demo.settings, "bronze_trades").rows
+    )
+
+
+def test_cli_sql_passthrough(demo: Demo) -> None:
+    query = "SELECT symbol, count(*) AS n FROM bronze_trades GROUP BY symbol ORDER BY symbol"
+    done = lakehouse(demo, "sql", query, "-f", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    trades = lakefiles.latest_rows(demo.settings, "bronze_trades")
+    expected = [
+        {"symbol": s, "n": str(sum(1 for r in trades if r["symbol"] == s))}
+        for s in ("BTCUSDT", "ETHUSDT")
+    ]
+    assert json.loads(done.stdout) == expected
+
+
+def test_cli_rejects_bad_input_clearly(demo: Demo) -> None:
+    bad_symbol = lakehouse(demo, "bars", "BTC/../x")
+    assert bad_symbol.returncode == 2 and "not a Binance spot symbol" in bad_symbol.stderr
+    bad_interval = lakehouse(demo, "bars", "BTCUSDT", "-i", "3m")
+    assert bad_interval.returncode == 2 and "not built by silver" in bad_interval.stderr
+    unknown = lakehouse(demo, "bars", "DOGEUSDT")
+    assert unknown.returncode == 2 and "no 1m bars for DOGEUSDT" in unknown.stderr
+    bad_sql = lakehouse(demo, "sql", "SELECT nope FROM bronze_trades")
+    assert bad_sql.returncode == 2 and "nope" in bad_sql.stderr
+
+
+def test_chart_of_the_demo_bars(demo: Demo, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = tmp_path / "btc.png"
+    done = lakehouse(demo, "chart", "BTCUSDT", "-i", "1m", "--last", "120", "--out", str(png))
+    assert done.returncode == 0, done.stderr
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1600, 1000)
+    assert png.stat().st_size > 50_000
+    colours = image.getcolors(maxcolors=1_000_000) or []
+    assert len(colours) > 500  # candles, lines, bands, text: not a blank canvas
+    html = tmp_path / "eth.html"
+    assert lakehouse(demo, "chart", "ETHUSDT", "-i", "5m", "--out", str(html)).returncode == 0
+    assert "<svg" in html.read_text()
+
+
+# --- supervision, status and alerts on a running stack ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(demo: Demo) -> Iterator[Demo]:
+    """bronze, silver and gold running again on the demo's lake, under their supervisors."""
+    up = run([str(INFRA / "services.sh"), "up", *LAYERS], demo.env, timeout=600)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield demo
+    finally:
+        run([str(INFRA / "services.sh"), "down", "replay", "producer", *LAYERS], demo.env)
+
+
+def supervised(demo: Demo, name: str) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(
+        (demo.settings.state_dir / "supervise" / f"{name}.json").read_text()
+    )
+    return state
+
+
+def prometheus(settings: Settings, promql: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": promql})
+    url = (
+        f"http://{settings.services.host}:{settings.services.prometheus_port}/api/v1/query?{query}"
+    )
+    result: list[dict[str, Any]] = get_json(url)["data"]["result"]
+    return result
+
+
+def test_status_of_a_stack_without_producer_fails(live: Demo) -> None:
+    code, lines, screen = status(live)
+    assert code != 0  # make's own code (2) for the script's 1
+    assert lines["producer"][1] == "down"
+    for layer in LAYERS:
+        assert lines[layer][1] == "up" and lines[layer][4] == "0", lines[layer]
+    trades = live.settings.topic("trade").name
+    assert any(line.split()[:1] == [trades] for line in screen.splitlines())
+    rows = lakefiles.table_stats(live.settings, "bronze_trades").rows
+    table_line = next(line for line in screen.splitlines() if line.startswith("bronze_trades "))
+    assert table_line.split()[1] == str(rows)
+    for query in ("bronze", "bronze_fast"):
+        assert any(
+            line.split()[:1] == [query] and " 0 records " in line for line in screen.splitlines()
+        ), screen
+    assert "PRODUCER   not answering" in screen
+
+
+def test_a_killed_driver_comes_back_and_the_lake_is_unchanged(live: Demo) -> None:
+    before = lake(live.settings)
+    bronze_port = live.settings.layer("bronze").metrics_port
+    metrics = f"http://{live.settings.services.host}:{bronze_port}/metrics"
+    await_true(
+        "Prometheus scraping bronze's restart count 0",
+        lambda: prometheus(live.settings, 'lakehouse_supervisor_restarts{service="bronze"}'),
+        60,
+    )
+    os.kill(supervised(live, "bronze")["child_pid"], signal.SIGKILL)
+    await_true(
+        "the supervisor restarting bronze",
+        lambda: (
+            supervised(live, "bronze")["restarts"] == 1
+            and supervised(live, "bronze")["state"] == "running"
+        ),
+        60,
+    )
+    await_true(
+        "both bronze queries reporting progress again",
+        lambda: (
+            len([k for k in progress.scrape(metrics) if k.startswith("lakehouse_query_active{")])
+            == 2
+        ),
+        180,
+    )
+    assert progress.scrape(metrics)['lakehouse_supervisor_restarts{service="bronze"}'] == 1
+    assert supervised(live, "bronze")["last_exit"] == -signal.SIGKILL
+    _code, lines, _screen = status(live)
+    assert lines["bronze"][1] == "up" and lines["bronze"][4] == "1"
+    await_true(
+        "the DriverRestarted alert firing for bronze",
+        lambda: prometheus(
+            live.settings,
+            'ALERTS{alertname="DriverRestarted",service="bronze",alertstate="firing"}',
+        ),
+        120,
+    )
+    assert lake(live.settings) == before
+
+
+def test_status_of_a_healthy_stack_succeeds(live: Demo) -> None:
+    env = {**live.env, "SPEED": "1", "PRODUCER_SOURCE": "replay"}
+    for name in ("replay", "producer"):
+        started = run([str(INFRA / f"{name}.sh"), "start"], env)
+        assert started.returncode == 0, started.stderr
+    await_true("every service up", lambda: status(live)[0] == 0, 120)
+    _code, lines, screen = status(live)
+    assert all(line[1] == "up" for line in lines.values()), lines
+    producer_line = next(line for line in screen.splitlines() if line.startswith("PRODUCER"))
+    assert "frames/s" in producer_line and "delivery errors 0" in producer_line
