@@ -90,7 +90,10 @@ def bars(settings: Settings, symbol: str, interval: str) -> list[dict[str, Any]]
         raise UsageError(f"interval {interval!r} is not built by silver (configured: {known})")
     rows = lakefiles.latest_rows(settings, BARS, f"symbol={symbol}/interval={interval}")
     if not rows:
-        raise UsageError(f"no {interval} bars for {symbol} in {settings.table_path(BARS)}")
+        raise UsageError(
+            f"no {interval} bars for {symbol} in {settings.table_path(BARS)} "
+            "(not subscribed, or silver has not written them yet: see make status)"
+        )
     return sorted(rows, key=lambda r: _naive(r["open_time"]))
 
 
