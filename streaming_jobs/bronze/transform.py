@@ -100,14 +100,17 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
     return transform
 
 
-# The stream suffixes each topic may carry (the producer routes by them).
+# The streams each topic may carry (the producer routes by them): a
+# lower-case symbol as Binance spells stream names (it becomes the `symbol`
+# column and a partition folder, so nothing else may pass), then the type.
+_SYMBOL = r"^[a-z0-9]{5,20}"
 _STREAM_PATTERNS = {
-    "trade": r"@trade$",
-    "aggTrade": r"@aggTrade$",
-    "kline": r"@kline_[0-9]+[smhdwM]$",
-    "ticker": r"@ticker$",
-    "depth": r"@depth(5|10|20)?(@100ms)?$",
-    "bookTicker": r"@bookTicker$",
+    "trade": _SYMBOL + r"@trade$",
+    "aggTrade": _SYMBOL + r"@aggTrade$",
+    "kline": _SYMBOL + r"@kline_[0-9]+[smhdwM]$",
+    "ticker": _SYMBOL + r"@ticker$",
+    "depth": _SYMBOL + r"@depth(5|10|20)?(@100ms)?$",
+    "bookTicker": _SYMBOL + r"@bookTicker$",
 }
 
 

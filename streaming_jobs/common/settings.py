@@ -114,7 +114,7 @@ def _check_port(value: int, what: str) -> None:
 
 def check_symbol(symbol: str) -> str:
     """The symbol if Binance could spell it so (it reaches stream, topic and path names)."""
-    if not _SYMBOL_RE.match(symbol):
+    if not _SYMBOL_RE.fullmatch(symbol):  # match's $ would accept a trailing newline
         raise ValueError(
             f"symbol {symbol!r} is not a Binance spot symbol (upper-case letters and "
             "digits, 5 to 20 of them, e.g. BTCUSDT)"
@@ -487,7 +487,7 @@ class Portfolio:
         if not self.weights:
             raise ValueError("weights must name at least one symbol")
         for symbol, weight in self.weights.items():
-            if not _SYMBOL_RE.match(symbol):
+            if not _SYMBOL_RE.fullmatch(symbol):
                 raise ValueError(f"weights: {symbol!r} is not a Binance spot symbol")
             if not (math.isfinite(weight) and weight > 0):
                 raise ValueError(f"weights: {symbol} must be a positive number, got {weight}")

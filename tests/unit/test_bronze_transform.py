@@ -143,6 +143,10 @@ def test_microsecond_times_and_every_decimal_digit(spark: Any) -> None:
         (TRADE[:-5], "not_json"),
         (TRADE.encode() + b"\xff", "not_utf8"),
         (TRADE.replace("btcusdt@trade", "btcusdt@kline_1m"), "unknown_stream"),
+        # A symbol that would become a partition folder outside the table.
+        (TRADE.replace("btcusdt@trade", "../../btcusdt@trade"), "unknown_stream"),
+        (TRADE.replace("btcusdt@trade", "btc/usdt@trade"), "unknown_stream"),
+        (TRADE.replace("btcusdt@trade", "BTCUSDT@trade"), "unknown_stream"),
     ],
 )
 def test_trade_validation_rules(spark: Any, frame: str | bytes, reason: str) -> None:
