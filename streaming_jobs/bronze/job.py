@@ -82,7 +82,9 @@ def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], Da
         rows = df.filter(F.col("kind") == kind)
         if diff_depth is None:
             return rows
-        diff = tf.is_diff_depth(F.col("stream"))
+        # A record without a stream (not JSON, not UTF-8) goes with partial
+        # depth, to be quarantined: a null test would drop it from both.
+        diff = F.coalesce(tf.is_diff_depth(F.col("stream")), F.lit(False))
         return rows.filter(diff if diff_depth else ~diff)
 
     return select
