@@ -17,7 +17,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from streaming_jobs.common import metrics
+from streaming_jobs.common import metrics, s3
 from streaming_jobs.common.settings import Settings, load_settings
 
 Start = Callable[[SparkSession, Settings, bool], Any]
@@ -38,6 +38,16 @@ def run_layer(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = load_settings()
+    if settings.storage_profile == "minio":
+        # The tables and checkpoints go there: a bucket nobody made fails every batch.
+        try:
+            if s3.ensure_lake_bucket(settings):
+                logging.getLogger(layer).info(
+                    "created bucket %s", settings.pipeline.storage.s3_bucket
+                )
+        except s3.S3Error as err:
+            logging.getLogger(layer).error("the lake's storage is unavailable: %s", err)
+            return 69  # EX_UNAVAILABLE: the supervisor tries again with backoff
     spark = SparkSession.builder.getOrCreate()
     if not args.once:  # before the queries start, so the listener sees them start
         metrics.serve(spark, layer, settings.services.host, settings.layer(layer).metrics_port)

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 
-from streaming_jobs.common.settings import S3Credentials, load_settings
+from streaming_jobs.common.settings import S3Credentials, Settings, load_settings
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -43,6 +43,9 @@ class S3Client:
         query: dict[str, str] | None = None,
         extra: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
+        # Keys hold partition values like `window=1 hour`: encode every byte
+        # but the unreserved ones and "/", once, for both the URL and the signature.
+        path = urllib.parse.quote(path, safe="/~")
         url = urllib.parse.urlsplit(self.endpoint + path)
         now = dt.datetime.now(dt.UTC)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
@@ -59,7 +62,7 @@ class S3Client:
         canonical = "\n".join(
             [
                 method,
-                urllib.parse.quote(url.path or "/"),
+                url.path or "/",
                 canonical_query,
                 "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
                 signed,
@@ -127,6 +130,8 @@ class S3Client:
             if token:
                 query["continuation-token"] = token
             status, body = self._request("GET", f"/{bucket}", query)
+            if status == 404 and b"NoSuchBucket" in body:
+                return keys  # nothing is there yet: the first writer makes the bucket
             if status != 200:
                 raise S3Error(f"listing s3://{bucket}/{prefix} answered {status}: {body[:300]!r}")
             root = ET.fromstring(body)
@@ -137,15 +142,21 @@ class S3Client:
                 return keys
 
 
+def ensure_lake_bucket(settings: Settings) -> bool:
+    """Create the lake's bucket if missing (MinIO started before this lake was configured,
+    a fresh S3 account); True when it was created now."""
+    client = S3Client(settings.s3_endpoint, settings.s3_credentials())
+    return client.ensure_bucket(settings.pipeline.storage.s3_bucket)
+
+
 def main(argv: list[str]) -> int:
     if argv != ["ensure-bucket"]:
         print("usage: python -m streaming_jobs.common.s3 ensure-bucket", file=sys.stderr)
         return 2
     settings = load_settings()
-    client = S3Client(settings.s3_endpoint, settings.s3_credentials())
     bucket = settings.pipeline.storage.s3_bucket
     try:
-        created = client.ensure_bucket(bucket)
+        created = ensure_lake_bucket(settings)
     except S3Error as err:
         print(f"minio: {err}", file=sys.stderr)
         return 1

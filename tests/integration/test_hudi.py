@@ -153,3 +153,16 @@ def test_streaming_upsert_into_hudi(services: Settings, spark: Any, profile: str
         "BTCUSDT,2,61001.00000000",
         "ETHUSDT,7,2500.00000001",
     ]
+
+
+def test_s3_keys_with_spaces_and_equals_signs(services: Settings) -> None:
+    """Hive-style partitions like `window=1 hour` (gold_correlation) through our S3 client."""
+    client = S3Client(services.s3_endpoint, services.s3_credentials())
+    bucket = f"keys-{uuid.uuid4().hex[:8]}"
+    assert client.ensure_bucket(bucket)
+    key = "tables/t/window=1 hour/a+b%c.parquet"
+    status, _body = client._request("PUT", f"/{bucket}/{key}")
+    assert status == 200
+    assert client.list_keys(bucket, "tables/t/window=1 hour/") == [key]
+    assert client.get(bucket, key) == b""
+    assert client.list_keys(f"{bucket}-none") == []  # no bucket yet: nothing there
