@@ -10,6 +10,8 @@
 #   make down      stop what `make up` started (pid files only)
 #   make test      the test suite against real services (started and stopped by the tests)
 #   make lint      ruff + mypy
+#   make chaos     the chaos suite: every fault ROUNDS times (default 10) on a stack of its own,
+#                  then a clean run, then the invariants; writes docs/RELIABILITY.md (SEED, SPEED)
 #   make bench     benchmarks against their peers, results in docs/BENCHMARKS.md (bench-quick: about 6 min)
 
 SHELL := /bin/bash
@@ -28,7 +30,7 @@ TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up demo where down status test bench bench-quick lint jars-streamer clean-state
+.PHONY: help setup up demo where down status test chaos bench bench-quick lint jars-streamer clean-state
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -104,6 +106,11 @@ test: setup
 	  STATE_DIR=$(TEST_STATE_DIR) LAKE_CONF_DIR=$(TEST_STATE_DIR)/conf infra/services.sh down >/dev/null 2>&1 || true; \
 	fi; \
 	exit $$rc
+
+SEED ?= 20261127
+ROUNDS ?= 10
+chaos: setup
+	$(PY) -m tests.chaos --seed $(SEED) --rounds $(ROUNDS) --speed $(or $(SPEED),1) $(if $(FAULTS),--faults $(FAULTS))
 
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3

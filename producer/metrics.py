@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 
 @dataclass
@@ -23,6 +30,8 @@ class ProducerMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # process_start_time_seconds tells one run of the producer from the next.
+        ProcessCollector(registry=r)
         self.frames_received = Counter(
             "producer_frames_received", "WebSocket frames received", ["kind", "symbol"], registry=r
         )

@@ -36,23 +36,23 @@ ALL_PROCESSES = (*SERVICES, "replay", "producer")
 SERVICES_SCRIPT = PROJECT_ROOT / "infra" / "services.sh"
 
 
-def write_test_conf(conf_dir: Path) -> None:
+def write_test_conf(conf_dir: Path, shift: int = PORT_SHIFT) -> None:
     """conf/ with every port shifted, a fast scrape interval and bronze trigger."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     pipeline = yaml.safe_load((PROJECT_ROOT / "conf" / "pipeline.yaml").read_text())
     services = pipeline["services"]
     for key, value in list(services.items()):
         if key.endswith("_port"):
-            services[key] = value + PORT_SHIFT
+            services[key] = value + shift
     services["scrape_interval"] = "1s"
     streaming = pipeline["streaming"]
     # Bronze's bulk streams on a shorter trigger: runs that wait for bronze
     # to catch up end sooner.
     streaming["bronze"]["trigger"] = "5 seconds"
     for layer in ("bronze", "silver", "gold"):
-        streaming[layer]["ui_port"] += PORT_SHIFT
-        streaming[layer]["metrics_port"] += PORT_SHIFT
-    streaming["sql_ui_port"] += PORT_SHIFT
+        streaming[layer]["ui_port"] += shift
+        streaming[layer]["metrics_port"] += shift
+    streaming["sql_ui_port"] += shift
     (conf_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     for name in ("symbols.yaml", "portfolio.yaml"):
         shutil.copy(PROJECT_ROOT / "conf" / name, conf_dir / name)

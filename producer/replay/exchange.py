@@ -6,12 +6,14 @@ server pings with a payload and a pong deadline, `serverShutdown`), the REST
 endpoints a client backfills from (`/api/v3/historicalTrades`, `aggTrades`,
 `depth`, `time`, `ping`) with Binance's weights, error shape and 429s, and
 `/control/*` endpoints that let tests and chaos runs break things on purpose
-(drop, stall, missed pongs, forced rate limits, shutdown notices). There is
+(drop, stall, missed pongs, forced rate limits, shutdown notices, injected
+frames, finishing an endless playback). There is
 one global timeline, as on a real exchange: playback starts with the first
 WebSocket client (or `/control/start`), every frame goes out at its recorded
 time (scaled by `speed`) with its exact recorded bytes, and a late client only
 gets what is published after it joined. `start_in_thread` runs it next to
-blocking test code.
+blocking test code; `ReplayClient` drives one running anywhere (`python -m
+producer.replay`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ WEIGHT_WINDOW_S = 60.0
 MAX_PAGE = 1000  # historicalTrades / aggTrades limit
 HISTORY_LIMIT = 200_000  # trades kept per symbol for REST (endless loops must not grow forever)
 CLOSE_TIMEOUT_S = 2.0
+MAX_INJECTED = 4 * 2**20  # bytes of one /control/inject frame
 # Without a yield now and then, playback at speed=max (or behind schedule) with
 # nobody listening would hold the event loop and starve REST and control.
 YIELD_EVERY = 64
@@ -352,6 +355,7 @@ class ReplayExchange:
         self.rest_requests = 0
         self.rate_limited = 0
         self.done = False
+        self.finishing = False  # /control/finish: the current loop is the last
         self._clock_ns = self._base_ns
         self._t0: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -377,6 +381,7 @@ class ReplayExchange:
             ("POST", "/control/miss-pongs"): self._control_miss_pongs,
             ("POST", "/control/rate-limit"): self._control_rate_limit,
             ("POST", "/control/inject"): self._control_inject,
+            ("POST", "/control/finish"): self._control_finish,
             ("GET", "/control/status"): lambda p: _json(self.status()),
         }
 
@@ -451,7 +456,9 @@ class ReplayExchange:
         loop = asyncio.get_running_loop()
         self._t0 = t0 = loop.time()
         loop_index = 0
-        while self.loops == 0 or loop_index < self.loops:
+        while (self.loops == 0 or loop_index < self.loops) and not (
+            self.finishing and loop_index > 0
+        ):
             for count, item in enumerate(self._timeline, start=1):
                 item = self._shift(item, loop_index)
                 if self.speed is not None:
@@ -779,16 +786,28 @@ class ReplayExchange:
     def _control_inject(self, params: Mapping[str, str]) -> Reply:
         """Send `frame_hex` (any bytes, even invalid UTF-8) as a text frame to every client.
 
-        For bad-input tests: a real exchange never sends these, a broken proxy might.
+        `pad_hex` repeated `pad_count` times is appended: a frame of 1 MB does
+        not fit in a request line. For bad-input tests: a real exchange never
+        sends these, a broken proxy might.
         """
+        pad_count = _int_param(params, "pad_count", 0, 0)
         try:
             frame = bytes.fromhex(params.get("frame_hex", ""))
+            pad = bytes.fromhex(params.get("pad_hex", ""))
         except ValueError:
-            return _error(-1100, "frame_hex is not hexadecimal")
+            return _error(-1100, "frame_hex and pad_hex must be hexadecimal")
+        frame += pad * (pad_count or 0)
+        if len(frame) > MAX_INJECTED:
+            return _error(-1100, f"an injected frame is at most {MAX_INJECTED} bytes")
         clients = list(self._clients.values())
         for client in clients:
             self._spawn(self._send_injected(client, frame))
         return _json({"sent_to": len(clients), "bytes": len(frame)})
+
+    def _control_finish(self, params: Mapping[str, str]) -> Reply:
+        """End playback after the loop being played (an endless one, or one of `loops`)."""
+        self.finishing = True
+        return _json({"loops_done": self.loops_done, "done": self.done})
 
     async def _send_injected(self, client: _Client, frame: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -802,6 +821,7 @@ class ReplayExchange:
             "frames_published": self.frames_published,
             "loops": self.loops,
             "loops_done": self.loops_done,
+            "finishing": self.finishing,
             "replay_time_ms": self.clock_ms(),
             # Open connections, oldest first; the last closed ones apart.
             "connections": [c.status() for c in sorted(self._clients.values(), key=_by_id)],
@@ -865,24 +885,12 @@ class ReplayControlError(RuntimeError):
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class RunningExchange:
-    """A ReplayExchange serving from its own thread; `stop()` (or `with`) ends it."""
+class ReplayClient:
+    """The control and status endpoints of a replay exchange at `url_rest`."""
 
-    def __init__(self, exchange: ReplayExchange, thread: threading.Thread) -> None:
-        self.exchange = exchange
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        return self.exchange.port
-
-    @property
-    def url_ws(self) -> str:
-        return f"ws://{self.exchange.host}:{self.port}"
-
-    @property
-    def url_rest(self) -> str:
-        return f"http://{self.exchange.host}:{self.port}"
+    def __init__(self, url_rest: str, timeout_s: float = 10.0) -> None:
+        self.url_rest = url_rest.rstrip("/")
+        self.timeout_s = timeout_s
 
     def _request(self, method: str, path: str, params: Mapping[str, object]) -> dict[str, Any]:
         query = f"?{urlencode(params)}" if params else ""
@@ -890,7 +898,7 @@ class RunningExchange:
             f"{self.url_rest}{path}{query}", data=b"" if method == "POST" else None, method=method
         )
         try:
-            with _DIRECT.open(request, timeout=10) as answer:
+            with _DIRECT.open(request, timeout=self.timeout_s) as answer:
                 result: dict[str, Any] = json.loads(answer.read())
         except urllib.error.HTTPError as exc:
             raise ReplayControlError(f"{method} {path}: HTTP {exc.code} {exc.read()!r}") from exc
@@ -904,6 +912,23 @@ class RunningExchange:
     def control(self, name: str, **params: object) -> dict[str, Any]:
         """POST /control/<name>: control("stall", seconds=2), control("miss_pongs")."""
         return self._request("POST", f"/control/{name.replace('_', '-')}", params)
+
+
+class RunningExchange(ReplayClient):
+    """A ReplayExchange serving from its own thread; `stop()` (or `with`) ends it."""
+
+    def __init__(self, exchange: ReplayExchange, thread: threading.Thread) -> None:
+        super().__init__(f"http://{exchange.host}:{exchange.port}")
+        self.exchange = exchange
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return self.exchange.port
+
+    @property
+    def url_ws(self) -> str:
+        return f"ws://{self.exchange.host}:{self.port}"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving and join the thread; calling it again does nothing."""

@@ -29,6 +29,10 @@ from streaming_jobs.common.settings import Settings
 # Base files: <file id>_<write token>_<instant>.parquet.
 _BASE_FILE = re.compile(r"([0-9a-f-]+-[0-9]+)_([0-9-]+)_([0-9]{17})\.parquet")
 _INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
+# Writes begun: <instant>.commit.requested, then <instant>.inflight (1.x names).
+_PENDING = re.compile(
+    r"(?:^|/)([0-9]{17})\.(?:inflight|(?:commit|deltacommit|replacecommit)\.(?:requested|inflight))$"
+)
 
 
 class Store:
@@ -79,6 +83,13 @@ def instants(settings: Settings, table: str) -> list[str]:
         for n in store.list(f"{settings.table_path(table)}/.hoodie")
         if (m := _INSTANT.search(n))
     )
+
+
+def pending_instants(settings: Settings, table: str) -> list[str]:
+    """Commits of a table begun and neither completed nor rolled back: a write in flight."""
+    names = Store(settings).list(f"{settings.table_path(table)}/.hoodie")
+    done = {m.group(1) for n in names if (m := _INSTANT.search(n))}
+    return sorted({m.group(1) for n in names if (m := _PENDING.search(n))} - done)
 
 
 def completed_instants(settings: Settings, table: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -109,6 +110,54 @@ def commits_behind(settings: Settings, query: str, table: str) -> int | None:
     for line in store.read(f"{root}/offsets/{max(commits)}").decode().splitlines()[2:]:
         done = max(done, json.loads(line).get("offsetCommitTime", ""))
     return sum(1 for instant in instants(settings, table) if instant > done)
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:  # /health answers 503 with a body
+        return json.load(err)
+
+
+def await_settled(settings: Settings, deadline_s: float, poll_s: float = 1.0) -> tuple[int, str]:
+    """Wait until the replayed capture is through every layer: (frames handled, "") or (-1, why).
+
+    Settled means: the replay exchange has played every loop; the producer has
+    handled every frame it received, has no record in flight and no backfill
+    pending, with its handled count unchanged across two polls; the bronze
+    queries have committed everything in Kafka (lag 0), silver every commit of
+    the bronze table it reads, and gold every commit of silver.
+    """
+    host, services = settings.services.host, settings.services
+    replay = f"http://{host}:{services.replay_port}/control/status"
+    health = f"http://{host}:{services.producer_metrics_port}/health"
+    deadline = time.monotonic() + deadline_s
+    last_handled, why = -1, "starting"
+    while time.monotonic() < deadline:
+        try:
+            status, producer = _get_json(replay), _get_json(health)
+            handled = producer["frames_handled"]
+            drained = producer["pending_records"] == 0 and producer["backfill_idle"]
+            bronze = bronze_lag(settings) if drained else None
+            silver = (
+                commits_behind(settings, "silver", silver_source(settings)) if bronze == 0 else None
+            )
+            gold = commits_behind(settings, "gold", GOLD_SOURCE) if silver == 0 else None
+        except (OSError, ValueError, KeyError, KafkaError, S3Error) as err:
+            why = f"not answering: {err!r}"
+        else:
+            settled = status["done"] and drained and handled == last_handled
+            if settled and bronze == 0 and silver == 0 and gold == 0:
+                return handled, ""
+            why = (
+                f"replay {'done' if status['done'] else 'playing'}, producer handled {handled}, "
+                f"{producer['pending_records']} in flight, bronze lag {bronze}, "
+                f"silver {silver} and gold {gold} commits behind"
+            )
+            last_handled = handled
+        time.sleep(poll_s)
+    return -1, why
 
 
 DATA_QUALITY = "gold_data_quality"

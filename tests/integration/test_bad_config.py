@@ -5,46 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from streaming_jobs.common.settings import PROJECT_ROOT
-
-BAD_CONFIGS: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
-    "unknown key": (
-        "pipeline.yaml",
-        lambda d: d["services"].update(kafka_prot=1),
-        "pipeline.yaml: services.kafka_prot: unknown key",
-    ),
-    "invalid symbol": (
-        "symbols.yaml",
-        lambda d: d["symbols"].append({"name": "btc/usdt", "tier": 1}),
-        "is not a Binance spot symbol",
-    ),
-    "wrong type": (
-        "pipeline.yaml",
-        lambda d: d["streaming"]["bronze"].update(ui_port="forty"),
-        "streaming.bronze.ui_port",
-    ),
-}
+from tests import badconfig
 
 
 def bad_conf(tmp_path: Path, case: str) -> tuple[dict[str, str], str]:
-    conf = tmp_path / "conf"
-    shutil.copytree(os.environ["LAKE_CONF_DIR"], conf)
-    name, change, message = BAD_CONFIGS[case]
-    data = yaml.safe_load((conf / name).read_text())
-    change(data)
-    (conf / name).write_text(yaml.safe_dump(data))
-    env = {**os.environ, "LAKE_CONF_DIR": str(conf), "STATE_DIR": str(tmp_path / "state")}
-    return env, message
+    return badconfig.bad_conf(Path(os.environ["LAKE_CONF_DIR"]), tmp_path, case, os.environ)
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -53,7 +25,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+@pytest.mark.parametrize("case", sorted(badconfig.BAD_CONFIGS))
 def test_every_entry_point_refuses_a_bad_config(
     tmp_path: Path, lake_env: dict[str, str], case: str
 ) -> None:

@@ -1,10 +1,10 @@
 """Operating the pipeline: `make demo ONCE=1`, `make status`, the `lakehouse` CLI and
 its charts, supervision and the Prometheus alerts, on one replayed demo run.
 
-`make demo ONCE=1` runs once for the module, on the tests' Kafka, MinIO and
-Prometheus (left running: the demo stops only what it started), with topics
-and a lake of its own. Every later test reads what it produced; the live
-tests then restart bronze, silver and gold under their supervisors on the
+`make demo ONCE=1` runs once for the session (tests/integration/conftest.py),
+on the tests' Kafka, MinIO and Prometheus (left running: the demo stops only
+what it started), with topics and a lake of its own. Every later test reads
+what it produced; the live tests then restart bronze, silver and gold under their supervisors on the
 same lake.
 """
 
@@ -12,90 +12,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from producer.replay.captures import merge_captures
 from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.hudi import read_table
-from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from streaming_jobs.common.settings import PROJECT_ROOT, Settings
+from tests.chaos.invariants import COMPARED
+from tests.demo import CAPTURES, INFRA, LAYERS, Demo, run
 from tests.support import await_true, descendants, get_json, listening_sockets
 
-# What `make demo` replays by default (infra/replay.sh).
-CAPTURES = [
-    PROJECT_ROOT / "producer" / "replay" / "captures" / f"spot_{symbol}_20240808.gz"
-    for symbol in ("btcusdt", "ethusdt")
-]
-INFRA = PROJECT_ROOT / "infra"
-LAYERS = ("bronze", "silver", "gold")
-ALL_TABLES = {
-    "bronze_trades",
-    "bronze_depth_updates",
-    "bronze_book_ticker",
-    "silver_ohlcv",
-    "gold_market_summary",
-    "gold_correlation",
-    "gold_risk",
-    "gold_signals",
-    "gold_data_quality",
-}
-
-
-@dataclass(frozen=True)
-class Demo:
-    settings: Settings
-    env: dict[str, str]
-    stdout: str
-
-
-def demo_conf(root: Path) -> Path:
-    """The tests' conf with topics, a lake and a producer state file of the demo's own."""
-    conf = root / "conf"
-    shutil.copytree(os.environ["LAKE_CONF_DIR"], conf)
-    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
-    for spec in pipeline["kafka"]["topics"].values():
-        spec["name"] = f"demo.{spec['name']}"
-    pipeline["storage"]["local_root"] = "demo-lake"
-    pipeline["producer"]["state_file"] = "demo/producer-state.json"
-    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    return conf
-
-
-def run(
-    args: list[str], env: dict[str, str], timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args,
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def demo(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    conf = demo_conf(tmp_path_factory.mktemp("demo"))
-    env = {**os.environ, "LAKE_CONF_DIR": str(conf), "DEMO_TIMEOUT_S": "900"}
-    env.pop("MAKEFLAGS", None)
-    try:
-        done = run(["make", "--no-print-directory", "demo", "ONCE=1"], env, timeout=1200)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield Demo(load_settings(conf, env), env, done.stdout)
-    finally:
-        run([str(INFRA / "services.sh"), "down", "replay", "producer", *LAYERS], env)
+# The demo's capture has trades, diff depth and book tickers; silver and gold, all.
+ALL_TABLES = {"bronze_trades", "bronze_depth_updates", "bronze_book_ticker", *COMPARED}
 
 
 def lake(settings: Settings) -> dict[str, list[dict[str, Any]]]:

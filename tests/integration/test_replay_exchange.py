@@ -26,7 +26,12 @@ import pytest
 import websocket
 
 from producer.replay.captures import Capture, data_bytes, read_capture
-from producer.replay.exchange import ReplayExchange, RunningExchange, start_in_thread
+from producer.replay.exchange import (
+    ReplayControlError,
+    ReplayExchange,
+    RunningExchange,
+    start_in_thread,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "producer" / "replay" / "captures"
@@ -293,6 +298,38 @@ def test_stall_loses_the_frames_due_for_the_stalled_connection(btc_head: Capture
             assert status[0]["frames_lost"] == len(trades)
             assert status[0]["pings_sent"] == 0  # nothing at all, pings included
             assert status[1]["frames_lost"] == 0
+
+
+def test_inject_sends_padded_bytes_as_they_are(btc_head: Capture) -> None:
+    """A 1 MB frame of invalid UTF-8 reaches the client byte for byte (a broken proxy)."""
+    with exchange(btc_head, start_on_connect=False) as running:
+        ws = websocket.create_connection(
+            running.url_ws + "/stream?streams=btcusdt@trade",
+            timeout=DEADLINE_S,
+            skip_utf8_validation=True,
+        )
+        try:
+            sent = running.control(
+                "inject", frame_hex=b'{"x":'.hex(), pad_hex="ff01", pad_count=2**19
+            )
+            assert sent == {"sent_to": 1, "bytes": 5 + 2**20}
+            opcode, data = ws.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_TEXT and data == b'{"x":' + b"\xff\x01" * 2**19
+        finally:
+            ws.close(timeout=1)
+        with pytest.raises(ReplayControlError, match="at most"):
+            running.control("inject", pad_hex="00", pad_count=5 * 2**20)
+
+
+def test_finish_ends_an_endless_playback_after_the_current_loop(btc_head: Capture) -> None:
+    head = Capture(btc_head.frames[:500], btc_head.snapshots, btc_head.sources)
+    with exchange(head, loops=0, speed=20.0) as running:
+        running.control("start")
+        wait_until(lambda: running.status()["loops_done"] >= 1, "a first loop")
+        assert running.control("finish")["done"] is False
+        wait_until(lambda: running.status()["done"], "the end of playback")
+        status = running.status()
+        assert status["finishing"] and status["frames_published"] == status["loops_done"] * 500
 
 
 # --- REST --------------------------------------------------------------------
