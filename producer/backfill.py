@@ -94,6 +94,7 @@ class Backfiller:
         self.idle.set()
 
     def start(self) -> None:
+        self.idle.clear()  # busy catching up until the queue first runs dry
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -103,7 +104,41 @@ class Backfiller:
         self.idle.clear()
         self._queue.put(gap)
 
+    def catch_up(self) -> None:
+        """At start: ask the exchange for each resumed series' newest id and owe the rest.
+
+        A live frame shows a gap only when the next trade comes; a symbol that
+        went quiet (halted, delisted, a replay at its end) while the producer
+        was down would keep its missed trades out of Kafka for good.
+        """
+        for kind, symbol in self._tracker.resumed():
+            if self._stop.is_set():
+                return
+            if not self._router.subscribed(f"{symbol.lower()}@{_SOURCES[kind][2]}"):
+                continue  # a series of an older configuration
+            try:
+                latest = self._rest.latest_id(kind, symbol)
+            except RestError as err:
+                log.warning(
+                    "catching up %s %s: %s (a live frame will show the gap)", kind, symbol, err
+                )
+                continue
+            gap = None if latest is None else self._tracker.catch_up(kind, symbol, latest)
+            if gap is not None:
+                self._metrics.gaps_detected.labels(kind, symbol).inc()
+                log.warning(
+                    "%s %s moved on while the producer was down: ids %d..%d (%d) owed",
+                    kind,
+                    symbol,
+                    gap.first_id,
+                    gap.last_id,
+                    gap.size,
+                )
+                self._tracker.save()
+                self.enqueue(gap)
+
     def _run(self) -> None:
+        self.catch_up()
         while not self._stop.is_set():
             try:
                 gap = self._queue.get(timeout=0.2)

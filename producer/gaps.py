@@ -92,6 +92,26 @@ class GapTracker:
                     self._seen[key] = max(self._seen.get(key, -1), last)
                     self._dirty = True
 
+    def resumed(self) -> list[tuple[str, str]]:
+        """The backfillable series this producer knows where it stopped."""
+        with self._lock:
+            return sorted(k for k in self._delivered if k[0] in BACKFILLABLE)
+
+    def catch_up(self, kind: str, symbol: str, latest: int) -> Gap | None:
+        """The exchange's newest id of a series, read at start: the ids after the last one
+        seen are owed (a gap), whether or not a live frame ever shows they exist."""
+        key = (kind, symbol)
+        with self._lock:
+            previous = self._seen.get(key)
+            if previous is None or latest <= previous:
+                return None
+            self._seen[key] = latest
+            gap = Gap(kind, symbol, previous + 1, latest)
+            self._missing.setdefault(key, []).append([gap.first_id, gap.last_id])
+            self._pending.add(gap)
+            self._dirty = True
+            return gap
+
     def pending_gaps(self) -> list[Gap]:
         with self._lock:
             return sorted(self._pending, key=lambda g: (g.kind, g.symbol, g.first_id))

@@ -105,6 +105,9 @@ class Router:
         )
         return Quarantined(Record(self._quarantine_topic, None, raw, hdrs), reason)
 
+    def subscribed(self, stream: str) -> bool:
+        return stream in self._subscribed
+
     def route(self, raw: bytes, recv_ns: int, connection: str) -> Route:
         try:
             # Decode explicitly: json.loads(bytes) would guess UTF-16/32 from a BOM.

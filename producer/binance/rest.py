@@ -91,6 +91,15 @@ class RestClient:
         )
         return rows
 
+    def latest_id(self, kind: str, symbol: str) -> int | None:
+        """The newest trade (kind "trade") or aggregate trade id of a symbol; None if none."""
+        path, id_key = {
+            "trade": ("/api/v3/historicalTrades", "id"),
+            "aggTrade": ("/api/v3/aggTrades", "a"),
+        }[kind]
+        rows: list[dict[str, Any]] = self.get(path, {"symbol": symbol, "limit": 1})
+        return int(rows[-1][id_key]) if rows else None
+
     def agg_trades(self, symbol: str, from_id: int, limit: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.get(
             "/api/v3/aggTrades", {"symbol": symbol, "fromId": from_id, "limit": limit}

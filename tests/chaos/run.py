@@ -43,7 +43,7 @@ ALL_FAULTS = (
     "bad_config",
     "kafka_down_at_start",
 )
-INCARNATION = "process_start_time_seconds"  # one producer run from the next
+INCARNATION = "process_start_time_seconds{}"  # one producer run from the next
 
 
 @dataclass(frozen=True)

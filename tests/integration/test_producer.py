@@ -276,6 +276,23 @@ def test_kill_9_and_restart_lose_nothing(
     assert run.stop() == 0
 
 
+def test_trades_published_while_down_before_the_market_went_quiet_are_backfilled(
+    make_run: Callable[..., tuple[Run, Any]], capture_trade_ids: list[int]
+) -> None:
+    """Found by the chaos suite: no live frame after the restart, so no gap was ever seen;
+    the producer now asks the exchange for each series' newest id when it starts."""
+    run, replay = make_run(speed=60.0)
+    run.start()
+    await_true("5,000 frames played", lambda: replay.status()["frames_published"] > 5000, 120)
+    run.stop(signal.SIGKILL)
+    await_true("the end of playback, nobody listening", lambda: replay.status()["done"], 120)
+    run.start()
+    await_true("the missed trades backfilled", finished(run, replay), 240)
+    assert set(trade_ids(run)) == set(capture_trade_ids)
+    assert run.metric("producer_backfilled_records_total") > 0
+    assert run.stop() == 0
+
+
 def test_kafka_restart_loses_nothing(
     make_run: Callable[..., tuple[Run, Any]], capture_trade_ids: list[int], lake_env: dict[str, str]
 ) -> None:

@@ -105,6 +105,27 @@ def test_gap_tracker_duplicates_gaps_and_restart(tmp_path: Path) -> None:
     assert [g.first_id for g in GapTracker(state).pending_gaps()] == [102]
 
 
+def test_catch_up_owes_what_the_exchange_published_while_down(tmp_path: Path) -> None:
+    """Found by the chaos suite: trades published while the producer was down, after which
+    the symbol went quiet, were never backfilled (no later live frame showed the gap)."""
+    state = tmp_path / "state.json"
+    tracker = GapTracker(state)
+    tracker.observe("trade", "BTCUSDT", 100)
+    tracker.delivered("trade", "BTCUSDT", 100)
+    tracker.save()
+    restarted = GapTracker(state)
+    assert restarted.resumed() == [("trade", "BTCUSDT")]
+    assert restarted.catch_up("trade", "BTCUSDT", 100) is None  # nothing new
+    gap = restarted.catch_up("trade", "BTCUSDT", 110)
+    assert gap == Gap("trade", "BTCUSDT", 101, 110) and restarted.pending_gaps() == [gap]
+    # A live frame inside the gap is new once (and no longer owed); after it, none is a gap.
+    assert restarted.observe("trade", "BTCUSDT", 105) == (True, None)
+    assert restarted.observe("trade", "BTCUSDT", 105) == (False, None)
+    assert restarted.observe("trade", "BTCUSDT", 111) == (True, None)
+    assert restarted.unfilled(gap) == 9
+    assert restarted.catch_up("trade", "ETHUSDT", 5) is None  # never seen: nothing to owe
+
+
 def test_corrupt_state_file_is_ignored_loudly(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     state.write_text("{not json")
