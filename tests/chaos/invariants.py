@@ -27,9 +27,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from producer.replay.captures import merge_captures, plan_shifts, shifted
-from streaming_jobs.common import lakefiles
+from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.settings import Settings
-from tests.chaos.faults import counter_total
 from tests.chaos.run import RunResult
 from tests.chaos.stack import LAYERS, Stack
 
@@ -241,13 +240,13 @@ def check_producer(stack: Stack, result: RunResult) -> Check:
         if published != grew:
             problems.append(f"{kind}: last run published {published:.0f}, topic grew {grew}")
     quarantined = sum(
-        counter_total(s, "producer_quarantined_total") for s in result.incarnations.values()
+        progress.total(s, "producer_quarantined_total") for s in result.incarnations.values()
     )
     at_producer = sum(1 for f in result.injected if f.reason)
     if quarantined != at_producer:
         problems.append(f"quarantined {quarantined:.0f} in all runs, injected {at_producer}")
     undeliverable = sum(
-        counter_total(s, "producer_undeliverable_total") for s in result.incarnations.values()
+        progress.total(s, "producer_undeliverable_total") for s in result.incarnations.values()
     )
     if undeliverable:
         problems.append(f"{undeliverable:.0f} undeliverable")

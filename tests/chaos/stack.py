@@ -31,6 +31,7 @@ import yaml
 from producer.replay.exchange import ReplayClient
 from streaming_jobs.common import progress
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from tests.support import get_json
 
 INFRA = PROJECT_ROOT / "infra"
 LAYERS = ("bronze", "silver", "gold")
@@ -160,7 +161,7 @@ class Stack:
 
     def producer_health(self) -> dict[str, Any] | None:
         try:
-            health: dict[str, Any] = progress._get_json(f"{self.producer_url}/health")
+            health: dict[str, Any] = get_json(f"{self.producer_url}/health")
         except (OSError, ValueError):
             return None
         return health
