@@ -221,10 +221,15 @@ class Faults:
     # -- process --
 
     def _producer_counter(self, name: str) -> tuple[float, float]:
-        """(the producer's incarnation, a counter's value in it, summed over its labels)."""
+        """(the producer's incarnation, a counter's value in it).
+
+        `name` is a family, summed over its label sets, or one sample with its
+        labels (`name{label="value"}`).
+        """
         samples = self.stack.producer_metrics()
         incarnation = samples.get("process_start_time_seconds{}", -1.0)
-        return incarnation, progress.total(samples, name)
+        value = samples.get(name, 0.0) if "{" in name else progress.total(samples, name)
+        return incarnation, value
 
     def kill_producer(self) -> dict[str, Any]:
         self._one_live_connection()

@@ -39,8 +39,10 @@ def test_one_round_of_every_fault_loses_and_duplicates_nothing(
         result = run(stack, "chaos", plan, CAPTURES, root, log)
     finally:
         stack.stop()
-    assert result.loops_done == 1, "the round outlasted one loop of the capture: slow it down"
     assert sorted(i.fault for i in result.injections) == sorted(ALL_FAULTS)
+    failed = [f"{i.fault}: {i.problem}" for i in result.injections if i.problem]
+    assert not failed, "\n".join(failed)
+    assert result.loops_done == 1, "the round outlasted one loop of the capture: slow it down"
     checks = invariants.check_all(stack, result, demo.clean, CAPTURES)
     for check in checks:
         log(f"{'ok ' if check.ok else 'NO '} {check.name}: {check.detail}")
