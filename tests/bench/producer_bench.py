@@ -10,7 +10,10 @@ Each repetition runs, in this order and on fresh topics:
 2. producer: `python -m producer` reading the same replay into Kafka, timed
    from its first frame to the moment everything it handled is acknowledged;
 3. bare: one KafkaProducer(acks="all") loop sending the same frames' bytes
-   with the same keys, timed to the end of flush().
+   with the same keys, timed to the end of flush() (the issue's peer);
+4. bare_librdkafka: the same loop on confluent-kafka, the client the producer
+   itself uses (producer/sink.py), configured alike: what Kafka itself
+   takes on this machine.
 The replay exchange and the producer are separate processes, as in
 production. Results: a table on stdout, JSON in docs/bench/producer.json and a
 section in docs/BENCHMARKS.md. Rates are frames per second; the ratio
@@ -35,6 +38,7 @@ from typing import Any
 
 import websocket
 import yaml
+from confluent_kafka import Producer as RdProducer
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
@@ -213,6 +217,38 @@ def run_bare(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
     return len(frames) / elapsed
 
 
+def run_bare_librdkafka(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
+    """The same loop on the producer's own client, configured like producer/sink.py."""
+    topic = f"bare.{uuid.uuid4().hex[:8]}"
+    admin = admin_client(settings)
+    admin.create_topics(
+        [NewTopic(topic, settings.topic("trade").partitions, 1)], wait_for_metadata=True
+    )
+    admin.close()
+    producer = RdProducer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    producer.produce(topic, b"warm-up")
+    producer.flush(60)
+    started = time.perf_counter()
+    for key, value in frames:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(120)
+    return len(frames) / (time.perf_counter() - started)
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -243,7 +279,14 @@ def main(argv: list[str]) -> int:
             (f.stream.split("@", 1)[0].upper().encode(), f.raw) for f in capture.frames
         ] * args.loops
         settings = load_settings(conf, env)
-        results: dict[str, list[float]] = {"source": [], "producer": [], "bare": [], "ratio": []}
+        results: dict[str, list[float]] = {
+            "source": [],
+            "producer": [],
+            "bare": [],
+            "bare_librdkafka": [],
+            "ratio": [],
+            "ratio_librdkafka": [],
+        }
         rss: list[int] = []
         for rep in range(args.reps):
             results["source"].append(run_source(args.loops, env, expected))
@@ -251,10 +294,13 @@ def main(argv: list[str]) -> int:
             results["producer"].append(rate)
             rss.append(peak)
             results["bare"].append(run_bare(frames, settings))
-            results["ratio"].append(results["producer"][-1] / results["bare"][-1])
+            results["bare_librdkafka"].append(run_bare_librdkafka(frames, settings))
+            results["ratio"].append(rate / results["bare"][-1])
+            results["ratio_librdkafka"].append(rate / results["bare_librdkafka"][-1])
             print(
                 f"rep {rep + 1}: source {results['source'][-1]:,.0f}/s, producer "
-                f"{rate:,.0f}/s, bare {results['bare'][-1]:,.0f}/s",
+                f"{rate:,.0f}/s, bare {results['bare'][-1]:,.0f}/s, bare librdkafka "
+                f"{results['bare_librdkafka'][-1]:,.0f}/s",
                 file=sys.stderr,
             )
 
@@ -271,8 +317,11 @@ def main(argv: list[str]) -> int:
         },
         "frames_per_run": expected,
         "repetitions": args.reps,
-        "frames_per_second": {k: spread(v) for k, v in results.items() if k != "ratio"},
+        "frames_per_second": {
+            k: spread(v) for k, v in results.items() if not k.startswith("ratio")
+        },
         "producer_vs_bare": spread(results["ratio"]),
+        "producer_vs_bare_librdkafka": spread(results["ratio_librdkafka"]),
         "producer_peak_rss_mb": max(rss) / 1024,
     }
     write_report(report)
@@ -288,6 +337,7 @@ def memory_gb() -> float:
 
 def write_report(report: dict[str, Any]) -> None:
     fps, ratio = report["frames_per_second"], report["producer_vs_bare"]
+    rd = report["producer_vs_bare_librdkafka"]
     rows = [
         "| measured | median frames/s | range |",
         "|---|---|---|",
@@ -296,6 +346,7 @@ def write_report(report: dict[str, Any]) -> None:
             for name, v in fps.items()
         ),
         f"| producer / bare | {ratio['median']:.2f} | {ratio['min']:.2f} - {ratio['max']:.2f} |",
+        f"| producer / bare_librdkafka | {rd['median']:.2f} | {rd['min']:.2f} - {rd['max']:.2f} |",
     ]
     section = "\n".join(
         [
@@ -310,7 +361,10 @@ def write_report(report: dict[str, Any]) -> None:
             *rows,
             "",
             f"Producer peak RSS: {report['producer_peak_rss_mb']:.0f} MB. `source` is the replay "
-            "exchange drained by a bare WebSocket reader: the ceiling the exchange sets.",
+            "exchange drained by a bare WebSocket reader: the ceiling the exchange sets. "
+            "`bare` is the issue's peer, a kafka-python loop; `bare_librdkafka` the same loop "
+            "on the client the producer uses (confluent-kafka): what Kafka itself takes on "
+            "this machine. When `producer` is close to `source`, the exchange is the limit.",
             "",
         ]
     )
