@@ -315,6 +315,10 @@ class GoldSettings(LayerSettings):
     # Rolling windows of 1m returns for correlations and risk.
     correlation_windows: tuple[str, ...] = ("1 hour", "24 hours")
     risk_windows: tuple[str, ...] = ("1 hour", "24 hours")
+    # Correlations and per-symbol risk cover the active symbols of these tiers:
+    # pairs grow with the square of the symbols (2,000 symbols are 2 million
+    # pairs a minute), so the watch list (tier 3) gets bars and signals only.
+    cross_asset_tiers: tuple[int, ...] = (1, 2)
     # A 1m return or volume is an anomaly when |z| against the previous
     # `anomaly_window` bars exceeds `anomaly_z`.
     anomaly_window: int = 60
@@ -324,6 +328,8 @@ class GoldSettings(LayerSettings):
         super().__post_init__()
         if self.vol_window < 2 or self.anomaly_window < 2:
             raise ValueError("vol_window and anomaly_window need at least 2 bars")
+        if not self.cross_asset_tiers or not set(self.cross_asset_tiers) <= {1, 2, 3}:
+            raise ValueError(f"cross_asset_tiers must be tiers 1..3, got {self.cross_asset_tiers}")
         if not self.anomaly_z > 0:
             raise ValueError(f"anomaly_z must be positive, got {self.anomaly_z}")
         for what, windows in (

@@ -112,7 +112,10 @@ class GoldBatch:
         self._settings = settings
         self._gold = settings.pipeline.streaming.gold
         self._silver_path = settings.table_path(silver.OHLCV.name)
-        self._active = sorted(s.name for s in settings.symbols)
+        # The symbols correlations and per-symbol risk cover (GoldSettings.cross_asset_tiers).
+        self._cross_symbols = sorted(
+            s.name for s in settings.symbols if s.tier in self._gold.cross_asset_tiers
+        )
         self._portfolio = settings.portfolio
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
@@ -246,7 +249,7 @@ class GoldBatch:
     def _cross_asset(
         self, silver_bars: DataFrame, changed: list[Any]
     ) -> list[tuple[HudiTable, DataFrame]]:
-        symbols = sorted(set(self._active) | set(self._portfolio.weights))
+        symbols = sorted(set(self._cross_symbols) | set(self._portfolio.weights))
         froms = [
             r.final_from_ms
             for r in changed
@@ -271,10 +274,10 @@ class GoldBatch:
             return []
         simple, logs = A.minute_returns(bars)
         correlation = [
-            A.correlations(logs, self._active, duration_ms(w), since).assign(window=w)
+            A.correlations(logs, self._cross_symbols, duration_ms(w), since).assign(window=w)
             for w in self._gold.correlation_windows
         ]
-        subjects = {s: simple[s] for s in self._active if s in simple.columns}
+        subjects = {s: simple[s] for s in self._cross_symbols if s in simple.columns}
         subjects[f"portfolio:{self._portfolio.name}"] = A.portfolio_returns(
             simple, self._portfolio.weights
         )

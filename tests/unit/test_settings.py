@@ -18,6 +18,7 @@ from streaming_jobs.common.settings import (
     load_settings,
     stream_kind,
 )
+from streaming_jobs.gold.job import GoldBatch
 
 CONF = PROJECT_ROOT / "conf"
 
@@ -301,3 +302,20 @@ def test_gold_windows_are_validated(conf_dir: Path) -> None:
     (conf_dir / "portfolio.yaml").unlink()
     edit_yaml(conf_dir / "pipeline.yaml", lambda d: d["streaming"]["gold"].pop("risk_windows"))
     assert load_error(conf_dir).endswith("portfolio.yaml: file not found")
+
+
+def test_cross_asset_analytics_cover_the_configured_tiers(conf_dir: Path) -> None:
+    settings = load_settings(conf_dir, {"ACTIVE_SYMBOLS": ""})
+    cross = GoldBatch(None, settings)._cross_symbols  # type: ignore[arg-type]
+    assert cross == sorted(s.name for s in settings.symbols if s.tier in (1, 2))
+    assert "ADAUSDT" not in cross  # tier 3 (and disabled in the shipped file)
+    edit_yaml(conf_dir / "symbols.yaml", lambda d: d["symbols"][-1].update(enabled=True))
+    edit_yaml(
+        conf_dir / "pipeline.yaml",
+        lambda d: d["streaming"]["gold"].update(cross_asset_tiers=[1, 2, 3]),
+    )
+    assert "ADAUSDT" in GoldBatch(None, load_settings(conf_dir, {}))._cross_symbols  # type: ignore[arg-type]
+    edit_yaml(
+        conf_dir / "pipeline.yaml", lambda d: d["streaming"]["gold"].update(cross_asset_tiers=[4])
+    )
+    assert "cross_asset_tiers must be tiers 1..3, got (4,)" in load_error(conf_dir)
