@@ -71,6 +71,13 @@ def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]
         # 2.5 s -> 1.1 s per upsert of 10k rows on 2 cores (docs/BENCHMARKS.md),
         # and the tables here are few partitions (symbol x day) to list.
         "hoodie.metadata.enable": "false",
+        # Every base file carries a bloom filter of its keys in its footer,
+        # sized up front for num_entries keys: Hudi's 60,000 made a 2-row
+        # file 440 KB, 431 KB of it the filter (make bench's 2,000-symbol
+        # market: 2,000 such files per commit). The dynamic filter grows as
+        # keys come (up to hoodie.bloom.index.filter.dynamic.max.entries),
+        # so it starts at the size of a symbol-day's first batch.
+        "hoodie.index.bloom.num_entries": "1000",
     }
 
 
