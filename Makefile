@@ -116,6 +116,7 @@ bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
 	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 60
 	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 240
+	$(PY) -m tests.bench.market_bench --symbols 2000 --minutes 10 --burst-minutes 5
 
 bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
