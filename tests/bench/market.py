@@ -163,9 +163,8 @@ def generate(
         raise ValueError("start_ms must be on a whole minute")
     rng = random.Random(seed)
     real = real_trades(captures)
-    mean_gap = sum(t.gap_ns for s in SOURCES for t in real[s]) / sum(len(real[s]) for s in SOURCES)
-    scale = 1e9 / trades_per_s / mean_gap
     gaps = [t.gap_ns for s in SOURCES for t in real[s]]
+    scale = 1e9 / trades_per_s / (sum(gaps) / len(gaps))  # the mean gap becomes 1/rate
     names = symbol_names(symbols)
     state = []
     for i, name in enumerate(names):

@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,7 @@ from tests.bench.results import publish_results
 from tests.chaos.stack import Stack, Tuning, write_conf
 from tests.conftest import write_test_conf
 from tests.demo import CAPTURES
+from tests.support import get_json
 
 STATE = PROJECT_ROOT / ".state" / "bench-market"
 PORT_SHIFT = 30000
@@ -116,7 +115,8 @@ def rss_mb(state: Path) -> dict[str, float]:
         except OSError:
             continue
         rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-        groups[_component(cmdline)] = groups.get(_component(cmdline), 0.0) + rss / 1024
+        name = _component(cmdline)
+        groups[name] = groups.get(name, 0.0) + rss / 1024
     return groups
 
 
@@ -139,8 +139,7 @@ def _component(cmdline: str) -> str:
 
 def exchange_ms(settings: Settings) -> int:
     url = f"http://{settings.services.host}:{settings.services.replay_port}/api/v3/time"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return int(json.load(response)["serverTime"])
+    return int(get_json(url)["serverTime"])
 
 
 class Phase:

@@ -195,12 +195,18 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def run_bare(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
+def bare_topic(settings: Settings) -> str:
+    """A fresh topic for a bare loop, partitioned as the producer's topics."""
     topic = f"bare.{uuid.uuid4().hex[:8]}"
     admin = admin_client(settings)
-    partitions = settings.topic("trade").partitions  # as the producer's topics
+    partitions = settings.topic("trade").partitions
     admin.create_topics([NewTopic(topic, partitions, 1)], wait_for_metadata=True)
     admin.close()
+    return topic
+
+
+def run_bare(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
+    topic = bare_topic(settings)
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         acks="all",
@@ -219,12 +225,7 @@ def run_bare(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
 
 def run_bare_librdkafka(frames: list[tuple[bytes, bytes]], settings: Settings) -> float:
     """The same loop on the producer's own client, configured like producer/sink.py."""
-    topic = f"bare.{uuid.uuid4().hex[:8]}"
-    admin = admin_client(settings)
-    admin.create_topics(
-        [NewTopic(topic, settings.topic("trade").partitions, 1)], wait_for_metadata=True
-    )
-    admin.close()
+    topic = bare_topic(settings)
     producer = RdProducer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
