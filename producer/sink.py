@@ -53,6 +53,9 @@ class KafkaSink:
                 "bootstrap.servers": bootstrap_servers,
                 "client.id": "lakehouse-producer",
                 "acks": "all",
+                # Key = symbol picks the partition as Java clients do (murmur2),
+                # so a symbol has one partition whichever client wrote it.
+                "partitioner": "murmur2_random",
                 "enable.idempotence": True,
                 "max.in.flight.requests.per.connection": 5,
                 "message.timeout.ms": delivery_timeout_ms,
