@@ -8,6 +8,9 @@
 #                  (CAPTURE=f1[,f2] SPEED=<factor>|max; ONCE=1 plays once, waits, stops, exits 0)
 #   make status    each component up/down, pid, uptime, address, log; non-zero if any is down
 #   make down      stop what `make up` started (pid files only)
+#   make cluster-up    a Spark standalone master and workers on loopback; then
+#                      SPARK_MASTER=spark://127.0.0.1:7077 STORAGE=minio make up (docs/DEPLOY.md)
+#   make cluster-down  stop it
 #   make test      the test suite against real services (started and stopped by the tests)
 #   make lint      ruff + mypy
 #   make chaos     the chaos suite: every fault ROUNDS times (default 10) on a stack of its own,
@@ -24,19 +27,27 @@ PY := $(VENV)/bin/python
 TOOLS := $(CURDIR)/.tools
 MINIO_BIN := $(TOOLS)/minio/$(MINIO_VERSION)/minio
 KAFKA_LIBS := $(TOOLS)/kafka/libs
+PYFILES := .build/streaming_jobs.zip
 MVN := mvn -q -B -Dstyle.color=never
 STATE_DIR ?= $(CURDIR)/.state
 TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up demo where down status test chaos bench bench-quick lint jars-streamer clean-state
+.PHONY: help setup up demo where down status test chaos bench bench-quick lint jars-streamer clean-state \
+	pyfiles cluster-up cluster-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
 
-setup: $(VENV)/.installed jars/lib/.resolved $(KAFKA_LIBS)/.resolved $(MINIO_BIN) .tools/.prometheus
+setup: $(VENV)/.installed $(PYFILES) jars/lib/.resolved $(KAFKA_LIBS)/.resolved $(MINIO_BIN) .tools/.prometheus
 	@echo "setup: done"
+
+# The project's code for Spark executors (--py-files); ./spark-submit.sh runs
+# this target, so the archive never lags behind the sources.
+pyfiles: $(PYFILES)
+$(PYFILES): $(shell find streaming_jobs -name '*.py' -not -path '*/__pycache__/*') infra/package.py
+	@$(PY) infra/package.py $@
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +107,12 @@ where:
 
 down:
 	@infra/services.sh down
+
+cluster-up: setup
+	@infra/spark-cluster.sh start
+
+cluster-down:
+	@infra/spark-cluster.sh stop
 
 status:
 	@infra/services.sh status

@@ -4,10 +4,13 @@
 #   ./spark-submit.sh bronze|silver|gold [args...]   long-running streaming query
 #   ./spark-submit.sh sql "SELECT ..."                query the lake, CSV on stdout
 #
-# Passes the jars (jars/lib), conf/spark-defaults.conf, the log config, the
-# master (SPARK_MASTER, default local[2]) and the storage profile (STORAGE=
-# local|minio), then runs streaming_jobs.<layer>. Each layer gets its own
-# Spark UI port (conf/pipeline.yaml) and app name lakehouse-<layer>.
+# Passes the jars (jars/lib, as spark.jars), the project's code for the
+# executors (.build/streaming_jobs.zip as --py-files, rebuilt by `make pyfiles`
+# when a source changed), conf/spark-defaults.conf, the log config, the master
+# (SPARK_MASTER, default local[2]; spark://host:port for a standalone cluster,
+# see docs/DEPLOY.md) and the storage profile (STORAGE=local|minio), then runs
+# streaming_jobs.<layer> in client mode. Each layer gets its own Spark UI port
+# (conf/pipeline.yaml) and app name lakehouse-<layer>.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,8 +38,24 @@ exports=$("$PY" -m streaming_jobs.common.settings shell) || exit 78
 eval "$exports"
 # S3A reads credentials from the environment (never from a --conf value).
 export AWS_ACCESS_KEY_ID="$MINIO_ROOT_USER" AWS_SECRET_ACCESS_KEY="$MINIO_ROOT_PASSWORD"
-export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+# Executors run PYSPARK_PYTHON (a packed venv on a real cluster, docs/DEPLOY.md).
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}" PYSPARK_DRIVER_PYTHON="$PY"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-$LAKE_HOST}"
+
+# Spark's scratch space (copies of the jars, shuffle and spill files) goes
+# under the state dir, one directory per run: a driver killed with SIGKILL
+# cannot delete its own, so each start removes those of runs that are gone.
+scratch_root="$STATE_DIR/spark-local"
+mkdir -p "$scratch_root"
+for dir in "$scratch_root"/*-[0-9]*; do
+  [[ -d $dir ]] || continue
+  kill -0 "${dir##*-}" 2>/dev/null || rm -rf "$dir"
+done
+scratch="$scratch_root/$layer-$$" # $$: the driver's pid once this script execs it
+mkdir -p "$scratch"
+
+# Executors import the project from this archive, on any machine.
+make --no-print-directory -s -C "$ROOT" pyfiles >&2 || { echo "spark-submit: building .build/streaming_jobs.zip failed" >&2; exit 1; }
 
 mapfile -t conf_args < <("$PY" -m streaming_jobs.common.spark "$layer")
 [[ ${#conf_args[@]} -gt 0 ]] || exit 1
@@ -45,6 +64,8 @@ submit=("$ROOT/.venv/bin/spark-submit"
   --master "${SPARK_MASTER:-local[2]}"
   --properties-file "$ROOT/conf/spark-defaults.conf"
   --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
+  --py-files "$ROOT/.build/streaming_jobs.zip"
+  --conf "spark.local.dir=$scratch"
   "${conf_args[@]}"
   "$ROOT/streaming_jobs/launch.py" "$layer")
 

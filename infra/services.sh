@@ -4,12 +4,12 @@
 #   infra/services.sh down [SERVICE...]   stop in reverse order, only what we started
 #   infra/services.sh status              one screen: processes, topics, lag, tables, producer;
 #                                         exit 1 if any process is down or a section failed
-# Services: kafka minio prometheus producer bronze silver gold, and replay (the exchange
-# of `make demo`, only reported when it runs).
+# Services: kafka minio prometheus producer bronze silver gold, and, only reported when
+# they run, replay (the exchange of `make demo`) and spark-cluster (`make cluster-up`).
 source "$(dirname "$0")/lib.sh"
 
-ALL=(kafka minio prometheus replay producer bronze silver gold)
-OPTIONAL=" replay "
+ALL=(kafka minio prometheus spark-cluster replay producer bronze silver gold)
+OPTIONAL=" spark-cluster replay "
 INFRA="$ROOT/infra"
 
 port_of() {
@@ -17,6 +17,7 @@ port_of() {
     kafka) echo "$LAKE_HOST:$KAFKA_PORT" ;;
     minio) echo "$LAKE_HOST:$MINIO_PORT" ;;
     prometheus) echo "$LAKE_HOST:$PROMETHEUS_PORT" ;;
+    spark-cluster) echo "$LAKE_HOST:$CLUSTER_MASTER_PORT" ;;
     replay) echo "$LAKE_HOST:$REPLAY_PORT" ;;
     producer) echo "$LAKE_HOST:$PRODUCER_METRICS_PORT" ;;
     bronze) echo "$LAKE_HOST:$(cut -d' ' -f1 <<<"$SPARK_UI_PORTS")" ;;

@@ -13,6 +13,12 @@ import importlib
 import os
 import sys
 import time
+from pathlib import Path
+
+# The driver imports the checkout this file is in: --py-files puts the
+# executors' archive (.build/streaming_jobs.zip) on the path too, and modules
+# read from it would look for conf/ inside the zip.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> int:

@@ -32,7 +32,14 @@ PORT_SHIFT = 10000
 TEST_STATE_DIR = Path(os.environ.get("TEST_STATE_DIR", PROJECT_ROOT / ".state" / "test"))
 SERVICES = ("kafka", "minio", "prometheus")
 # Also stopped at the end, should a test have left one running.
-ALL_PROCESSES = (*SERVICES, "replay", "producer")
+ALL_PROCESSES = (
+    *SERVICES,
+    "replay",
+    "producer",
+    "spark-master",
+    "spark-worker-1",
+    "spark-worker-2",
+)
 SERVICES_SCRIPT = PROJECT_ROOT / "infra" / "services.sh"
 
 

@@ -153,6 +153,11 @@ class ServicesSettings:
     producer_metrics_port: int = 8000
     # The replay exchange of `make demo` (python -m producer.replay).
     replay_port: int = 9443
+    # The Spark standalone cluster of `make cluster-up` (infra/spark-cluster.sh):
+    # the master's RPC and web UI; worker n's web UI is spark_worker_ui_port + n - 1.
+    spark_master_port: int = 7077
+    spark_master_ui_port: int = 8080
+    spark_worker_ui_port: int = 8081
     scrape_interval: str = "5s"
     # infra/supervise.py: the wait before restarting an exited job doubles
     # from the initial value to the max; a job that ran `restart_stable_s`
@@ -405,12 +410,36 @@ class ProducerSettings:
 
 
 @dataclass(frozen=True)
+class SparkClusterSettings:
+    """The shape of the standalone cluster `make cluster-up` starts on services.host.
+
+    Each layer is an application of its own that takes spark.cores.max cores
+    (conf/spark-defaults.conf), so workers x worker_cores must cover three of
+    them for bronze, silver and gold to run at once. Cores are the cluster's
+    scheduling slots, not the machine's: they may exceed the physical cores.
+    """
+
+    workers: int = 2
+    worker_cores: int = 3
+    worker_memory: str = "4g"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 16:
+            raise ValueError("workers must be 1..16")
+        if self.worker_cores < 1:
+            raise ValueError("worker_cores must be at least 1")
+        if not re.match(r"^[1-9][0-9]*[mg]$", self.worker_memory):
+            raise ValueError(f"worker_memory {self.worker_memory!r} is not like '4g' or '512m'")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     kafka: KafkaSettings
     storage: StorageSettings
     streaming: StreamingSettings
     services: ServicesSettings = field(default_factory=ServicesSettings)
     producer: ProducerSettings = field(default_factory=ProducerSettings)
+    spark_cluster: SparkClusterSettings = field(default_factory=SparkClusterSettings)
 
 
 # --- conf/symbols.yaml ------------------------------------------------------
@@ -702,6 +731,7 @@ def load_settings(
 def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
     """`export` lines for the infra scripts, so shell and Python share one config."""
     s = settings.services
+    cluster = settings.pipeline.spark_cluster
     creds = settings.s3_credentials(environ)
     values = {
         "STATE_DIR": str(settings.state_dir),
@@ -723,6 +753,12 @@ def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) 
         "SPARK_UI_PORTS": " ".join(str(settings.layer(name).ui_port) for name in LAYERS),
         "METRICS_PORTS": " ".join(str(settings.layer(name).metrics_port) for name in LAYERS),
         "RESTART_BACKOFF": s.restart_backoff,
+        "CLUSTER_MASTER_PORT": s.spark_master_port,
+        "CLUSTER_MASTER_UI_PORT": s.spark_master_ui_port,
+        "CLUSTER_WORKER_UI_PORT": s.spark_worker_ui_port,
+        "CLUSTER_WORKERS": cluster.workers,
+        "CLUSTER_WORKER_CORES": cluster.worker_cores,
+        "CLUSTER_WORKER_MEMORY": cluster.worker_memory,
         "MINIO_ROOT_USER": creds.access_key,
         "MINIO_ROOT_PASSWORD": creds.secret_key,
     }

@@ -150,6 +150,7 @@ def make_run(services: Settings, tmp_path: Path) -> Iterator[Callable[..., tuple
         symbols: list[dict[str, Any]] | None = None,
         capture: Capture | None = None,
         metrics_port: int | None = None,
+        partitions: int | None = None,
     ) -> tuple[Run, Any]:
         replay = start_in_thread(
             ReplayExchange(capture or read_capture(CAPTURE), speed=speed, **(exchange or {}))
@@ -158,8 +159,10 @@ def make_run(services: Settings, tmp_path: Path) -> Iterator[Callable[..., tuple
         shutil.copytree(os.environ["LAKE_CONF_DIR"], conf)
         pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
         prefix = f"t{uuid.uuid4().hex[:6]}"
-        for spec in pipeline["kafka"]["topics"].values():
+        for kind, spec in pipeline["kafka"]["topics"].items():
             spec["name"] = f"{prefix}.{spec['name']}"
+            if partitions and kind != "quarantine":
+                spec["partitions"] = partitions
         pipeline["services"]["producer_metrics_port"] = metrics_port or free_port()
         pipeline["producer"] = {
             "ws_base_url": replay.url_ws,

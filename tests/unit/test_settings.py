@@ -116,6 +116,18 @@ def test_shipped_config_loads() -> None:
             lambda d: d["services"].update(restart_backoff_initial_s=0),
             "pipeline.yaml: services: need 0 < restart_backoff_initial_s <= restart_backoff_max_s",
         ),
+        (
+            lambda d: d["spark_cluster"].update(worker_memory="4GB"),
+            "pipeline.yaml: spark_cluster: worker_memory '4GB' is not like '4g' or '512m'",
+        ),
+        (
+            lambda d: d["spark_cluster"].update(workers=0),
+            "pipeline.yaml: spark_cluster: workers must be 1..16",
+        ),
+        (
+            lambda d: d["services"].update(spark_master_port=70777),
+            "pipeline.yaml: services: spark_master_port 70777 is not a TCP port",
+        ),
     ],
 )
 def test_bad_pipeline_yaml(conf_dir: Path, change: Callable[[Any], None], expected: str) -> None:
