@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from streaming_jobs.common.settings import PROJECT_ROOT
@@ -26,16 +28,22 @@ def kafka_running(env: dict[str, str]) -> Iterator[None]:
         subprocess.run([SERVICES, "down"], env=env, capture_output=True)
 
 
+def results_dir() -> Path:
+    """docs/ for `make bench`; BENCH_RESULTS_DIR elsewhere (`make bench-quick`), so a
+    quick pass never replaces the full run's figures."""
+    return Path(os.environ.get("BENCH_RESULTS_DIR") or PROJECT_ROOT / "docs")
+
+
 def publish_results(name: str, report: dict[str, Any], section: str) -> None:
-    """docs/bench/<name>.json, and `section` in place of its namesake in docs/BENCHMARKS.md.
+    """bench/<name>.json, and `section` in place of its namesake in BENCHMARKS.md.
 
     A section is found by its heading up to the colon ("## Bronze:").
     """
-    out = PROJECT_ROOT / "docs" / "bench"
+    out = results_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(section)
-    doc = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
+    doc = results_dir() / "BENCHMARKS.md"
     text = doc.read_text() if doc.exists() else DOC_HEADER
     heading = section.split(":", 1)[0] + ":"
     begin = text.find(heading)

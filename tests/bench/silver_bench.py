@@ -16,7 +16,7 @@ bronze_trades (not timed); then, timed in the same run:
   the single-machine tool a user would reach for. Its 1m bars must equal
   silver's real 1m bars, or the run fails.
 
-Then freshness (`--freshness-s`, 0 skips it): bronze and silver run
+Then freshness (`--freshness-s`, 0 skips it): bronze, silver and gold run
 together in one SparkSession on their configured triggers while a separate
 process publishes 1,000 trade frames/s to Kafka: the real capture's trades
 in order, with ids continued and trade/event time set to the publishing
@@ -25,8 +25,12 @@ clock). For every whole minute published, freshness is the time its 1m bar
 became visible as final (its commit's completion on silver's timeline)
 minus the minute's end.
 
-Reported: wall time, trades/s, silver / DuckDB, freshness p50/p99, the
-driver JVM's peak RSS.
+Gold runs too, on its trigger, from silver's first commit. End to end: for
+every trade of those minutes, the time its final 1m bar became visible, and
+the time that bar's gold_market_summary row did, minus its exchange time.
+
+Reported: wall time, trades/s, silver / DuckDB, freshness p50/p99, end to
+end p50/p99, the driver JVM's peak RSS.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any
 
 import duckdb
 from kafka import KafkaProducer
-from pyspark.sql import SparkSession, functions as F
+from pyspark.sql import DataFrame, SparkSession, functions as F
 
 from producer.replay.captures import merge_captures, plan_shifts
 from producer.topics import ensure_topics
@@ -52,6 +56,8 @@ from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.bronze.job import start as start_bronze
 from streaming_jobs.common.hudi import HUDI_FORMAT, read_table, table_exists, write_options
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from streaming_jobs.gold import tables as gold
+from streaming_jobs.gold.job import start as start_gold
 from streaming_jobs.silver import bars as B, tables
 from streaming_jobs.silver.job import start
 from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session, trades_trigger
@@ -163,6 +169,7 @@ def live_trades(bootstrap: str, topic: str, rate: int, seconds: float, out: Any)
 
 
 def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[str, float]:
+    """Bronze, silver and gold on their triggers under live trades; what the minutes saw."""
     ensure_topics(settings)
     bronze_queries: list[Any] = list(start_bronze(spark, settings))
     ctx = mp.get_context("spawn")
@@ -174,16 +181,21 @@ def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[s
     )
     child.start()
     silver_query: Any = None
+    gold_query: Any = None
     try:
         assert channel.get(timeout=300) == "ready"
         while not table_exists(spark, settings.table_path(bronze.TRADES.name)):
             time.sleep(0.5)
         silver_query = start(spark, settings)
+        while not table_exists(spark, settings.table_path(tables.OHLCV.name)):
+            time.sleep(0.5)
+        gold_query = start_gold(spark, settings)
         sent, first_ms, last_ms = channel.get(timeout=seconds + 300)
-        # Long enough for the last whole minutes to pass the watermark and a batch.
-        time.sleep(60)
+        # Long enough for the last whole minutes to pass the watermark, a
+        # silver batch and a gold batch (30 s trigger).
+        time.sleep(90)
     finally:
-        for query in (silver_query, *bronze_queries):
+        for query in (gold_query, silver_query, *bronze_queries):
             if query is not None:
                 query.stop()
         child.join(timeout=30)
@@ -208,10 +220,57 @@ def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[s
         "minutes": float(len(lags)),
         "not_final": float(sum(not b.is_final for b in bars)),
         "p50_s": float(statistics.median(lags)),
-        "p99_s": float(lags[min(len(lags) - 1, int(0.99 * len(lags)))]),
+        "p99_s": float(percentile(lags, 0.99)),
         "max_s": float(lags[-1]),
         "sent": float(sent),
+        **end_to_end(spark, settings, lo, hi),
     }
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def end_to_end(spark: SparkSession, settings: Settings, lo: int, hi: int) -> dict[str, float]:
+    """Exchange time of every trade in the whole final minutes -> its final 1m bar visible,
+    and -> that bar's gold_market_summary row visible."""
+    minute = F.col("trade_ms") - F.col("trade_ms") % 60_000
+    trades = (
+        read_table(spark, settings.table_path(bronze.TRADES.name))
+        .select("symbol", F.unix_millis("trade_time").alias("trade_ms"))
+        .filter((F.col("trade_ms") >= lo) & (F.col("trade_ms") < hi))
+        .withColumn("open_ms", minute)
+    )
+
+    def visible(table: str, *filters: Any) -> DataFrame:
+        rows = read_table(spark, settings.table_path(table)).filter(F.col("interval") == "1m")
+        for condition in filters:
+            rows = rows.filter(condition)
+        return rows.select(
+            "symbol",
+            F.unix_millis("open_time").alias("open_ms"),
+            F.col("_hoodie_commit_time").alias("commit"),
+        ).join(hudi_visible(spark, settings, table), "commit")
+
+    bars = visible(tables.OHLCV.name, F.col("is_final")).withColumnRenamed("visible_ms", "bar_ms")
+    gold_rows = visible(gold.MARKET_SUMMARY.name).withColumnRenamed("visible_ms", "gold_ms")
+    joined = (
+        trades.join(bars.drop("commit"), ["symbol", "open_ms"])
+        .join(gold_rows.drop("commit"), ["symbol", "open_ms"], "left")
+        .select(
+            ((F.col("bar_ms") - F.col("trade_ms")) / 1000).alias("bar_s"),
+            ((F.col("gold_ms") - F.col("trade_ms")) / 1000).alias("gold_s"),
+        )
+        .collect()
+    )
+    bar_s = sorted(r.bar_s for r in joined)
+    gold_s = sorted(r.gold_s for r in joined if r.gold_s is not None)
+    out = {"e2e_trades": float(len(bar_s)), "e2e_gold_trades": float(len(gold_s))}
+    for name, values in (("e2e_bar", bar_s), ("e2e_gold", gold_s)):
+        if values:
+            out[f"{name}_p50_s"] = float(statistics.median(values))
+            out[f"{name}_p99_s"] = float(percentile(values, 0.99))
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -323,12 +382,31 @@ def freshness_line(fresh: dict[str, float], settings: Settings, seconds: float) 
         return f"Freshness: no whole minute became final in {seconds:g} s of live trades."
     silver = settings.pipeline.streaming.silver
     return (
-        f"Freshness at 1,000 trades/s ({fresh['sent']:,.0f} trades over {seconds:g} s, bronze "
+        f"Freshness at 1,000 trades/s (bronze, silver and gold running together; "
+        f"{fresh['sent']:,.0f} trades over {seconds:g} s, bronze "
         f"trades trigger `{trades_trigger(settings)}`, silver trigger `{silver.trigger}`, "
         f"watermark `{silver.watermark}`): a minute's end -> its final 1m bar visible, over "
         f"{fresh['minutes']:.0f} minutes: p50 {fresh['p50_s']:.1f} s, p99 {fresh['p99_s']:.1f} s, "
         f"max {fresh['max_s']:.1f} s ({fresh['not_final']:.0f} whole minutes not final yet)."
+        + end_to_end_line(fresh, settings)
     )
+
+
+def end_to_end_line(fresh: dict[str, float], settings: Settings) -> str:
+    if "e2e_bar_p50_s" not in fresh:
+        return ""
+    line = (
+        f"\n\nEnd to end, over the {fresh['e2e_trades']:,.0f} trades of those minutes: a trade's "
+        f"exchange time -> its final 1m bar visible p50 {fresh['e2e_bar_p50_s']:.1f} s, p99 "
+        f"{fresh['e2e_bar_p99_s']:.1f} s"
+    )
+    if "e2e_gold_p50_s" in fresh:
+        line += (
+            f"; -> that bar's gold_market_summary row visible (gold trigger "
+            f"`{settings.pipeline.streaming.gold.trigger}`) p50 {fresh['e2e_gold_p50_s']:.1f} s, "
+            f"p99 {fresh['e2e_gold_p99_s']:.1f} s ({fresh['e2e_gold_trades']:,.0f} trades)"
+        )
+    return line + "."
 
 
 if __name__ == "__main__":
