@@ -17,8 +17,9 @@ UI="http://$LAKE_HOST:$CLUSTER_MASTER_UI_PORT"
 WORK="$STATE_DIR/spark-cluster"
 START_TIMEOUT=${CLUSTER_START_TIMEOUT:-90}
 
+worker_ui_port() { echo $((CLUSTER_WORKER_UI_PORT + $1 - 1)); }
 master_pattern() { echo "deploy.master.Master --host $LAKE_HOST --port $CLUSTER_MASTER_PORT "; }
-worker_pattern() { echo "deploy.worker.Worker --host $LAKE_HOST --webui-port $((CLUSTER_WORKER_UI_PORT + $1 - 1)) "; }
+worker_pattern() { echo "deploy.worker.Worker --host $LAKE_HOST --webui-port $(worker_ui_port "$1") "; }
 
 # The master's JSON view (/json/) counts the workers that registered.
 alive_workers() {
@@ -49,9 +50,9 @@ case "${1:-}" in
     for ((n = 1; n <= CLUSTER_WORKERS; n++)); do
       # Executors keep their scratch space (shuffle, spill) under the worker's dir.
       mkdir -p "$WORK/worker-$n/local"
-      require_port_free spark-cluster "$LAKE_HOST" $((CLUSTER_WORKER_UI_PORT + n - 1)) || { stop_all >/dev/null; exit 1; }
+      require_port_free spark-cluster "$LAKE_HOST" "$(worker_ui_port $n)" || { stop_all >/dev/null; exit 1; }
       start_bg "spark-worker-$n" "${DAEMON_ENV[@]}" SPARK_LOCAL_DIRS="$WORK/worker-$n/local" "$SPARK_CLASS" org.apache.spark.deploy.worker.Worker \
-        --host "$LAKE_HOST" --webui-port $((CLUSTER_WORKER_UI_PORT + n - 1)) \
+        --host "$LAKE_HOST" --webui-port "$(worker_ui_port $n)" \
         --cores "$CLUSTER_WORKER_CORES" --memory "$CLUSTER_WORKER_MEMORY" \
         --work-dir "$WORK/worker-$n" "$MASTER_URL"
     done

@@ -57,3 +57,13 @@ def run(
         timeout=timeout,
         check=False,
     )
+
+
+def demo_once(env: dict[str, str], timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    """`make demo ONCE=1` on `env`'s conf; the replay, producer and layers it started are
+    stopped afterwards whatever happened (services it found running are left)."""
+    env = {k: v for k, v in env.items() if k != "MAKEFLAGS"}
+    try:
+        return run(["make", "--no-print-directory", "demo", "ONCE=1"], env, timeout=timeout)
+    finally:
+        run([str(INFRA / "services.sh"), "down", "replay", "producer", *LAYERS], env)

@@ -51,7 +51,7 @@ from streaming_jobs.silver import tables as silver_tables
 from tests.bench import market
 from tests.bench.bronze_bench import hudi_visible, session
 from tests.bench.producer_bench import memory_gb
-from tests.bench.results import publish_results
+from tests.bench.results import percentile, publish_results
 from tests.chaos.stack import Stack, Tuning, write_conf
 from tests.conftest import write_test_conf
 from tests.demo import CAPTURES
@@ -243,7 +243,7 @@ def freshness(spark: SparkSession, phase: Phase) -> dict[str, Any]:
     if lags:
         out.update(
             p50_s=round(statistics.median(lags), 1),
-            p99_s=round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
+            p99_s=round(percentile(lags, 0.99), 1),
             max_s=round(lags[-1], 1),
         )
     return out

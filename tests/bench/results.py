@@ -51,3 +51,8 @@ def publish_results(name: str, report: dict[str, Any], section: str) -> None:
         end = text.find("\n## ", begin + 1)
         text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
     doc.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, nearest rank below (as every bench reports it)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -62,7 +62,7 @@ from streaming_jobs.silver import bars as B, tables
 from streaming_jobs.silver.job import start
 from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session, trades_trigger
 from tests.bench.producer_bench import memory_gb
-from tests.bench.results import kafka_running, publish_results
+from tests.bench.results import kafka_running, percentile, publish_results
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-silver"
@@ -225,10 +225,6 @@ def freshness(spark: SparkSession, settings: Settings, seconds: float) -> dict[s
         "sent": float(sent),
         **end_to_end(spark, settings, lo, hi),
     }
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def end_to_end(spark: SparkSession, settings: Settings, lo: int, hi: int) -> dict[str, float]:

@@ -100,12 +100,14 @@ def publish(settings: Settings, capture: Capture) -> None:
     producer.close()
 
 
-def run_bronze(spark: Any, settings: Settings) -> None:
+def run_bronze(spark: Any, settings: Settings) -> list[str]:
+    """Run every bronze lane once to the end of its topics; the lanes' run ids."""
     queries: Any = start(spark, settings, once=True)
     try:
         for query in queries:
             assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
             assert query.exception() is None
+        return [str(query.runId) for query in queries]
     finally:
         for query in queries:
             query.stop()

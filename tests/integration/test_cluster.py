@@ -30,7 +30,7 @@ from streaming_jobs.bronze.transform import LINEAGE
 from streaming_jobs.common import lakefiles
 from streaming_jobs.common.settings import Settings, load_settings
 from tests.chaos.invariants import WRITE_COLUMNS, comparable
-from tests.demo import INFRA, LAYERS, Demo, run
+from tests.demo import INFRA, LAYERS, Demo, demo_once, run
 from tests.support import get_json
 
 PARTITIONS = 6
@@ -117,12 +117,8 @@ def test_cluster_on_minio_equals_local_mode_on_disk(
     env = {**os.environ, "LAKE_CONF_DIR": str(conf), "SPARK_MASTER": cluster}
     env["PYSPARK_PYTHON"] = str(executor_python(root / "executor-venv"))
     env.update(DEMO_TIMEOUT_S="1200")
-    env.pop("MAKEFLAGS", None)
-    try:
-        done = run(["make", "--no-print-directory", "demo", "ONCE=1"], env, timeout=1500)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    finally:
-        run([str(INFRA / "services.sh"), "down", "replay", "producer", *LAYERS], env)
+    done = demo_once(env, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     settings = load_settings(conf, env)
     assert settings.lake_root.startswith("s3a://cluster-lake")
 

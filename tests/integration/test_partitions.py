@@ -19,28 +19,16 @@ from kafka import KafkaConsumer, TopicPartition
 
 from producer.replay.captures import read_capture, stream_symbol
 from streaming_jobs.bronze import tables
-from streaming_jobs.bronze.job import lanes, start
+from streaming_jobs.bronze.job import lanes
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.settings import Settings
+from tests.integration.test_bronze import run_bronze
 from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
 from tests.support import await_true
 
 CAPTURE = Path(__file__).parents[1] / "fixtures" / "cryptofeed" / "BINANCE-b38f7c.0.gz"
 STREAMS = ["aggTrade", "bookTicker", "depth@100ms"]
 PARTITIONS = 6
-
-
-def bronze_once(spark: Any, settings: Settings) -> list[str]:
-    """Run every bronze lane once to the end of its topics; the lanes' run ids."""
-    queries: Any = start(spark, settings, once=True)
-    try:
-        for query in queries:
-            assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
-            assert query.exception() is None
-        return [str(query.runId) for query in queries]
-    finally:
-        for query in queries:
-            query.stop()
 
 
 def task_counts(spark: Any, run_id: str) -> set[int]:
@@ -107,7 +95,7 @@ def test_six_partitions_keep_every_symbol_whole_and_in_order(
     assert len(used["aggTrade"]) > 2 and len(used["bookTicker"]) > 2, used
 
     # Bronze: each query reads with one task per partition holding records.
-    run_ids = bronze_once(spark, run.settings)
+    run_ids = run_bronze(spark, run.settings)
     for lane, run_id in zip(lanes(run.settings), run_ids, strict=True):
         filled = filled_partitions(run.settings, lane.reads)
         counts = task_counts(spark, run_id)
