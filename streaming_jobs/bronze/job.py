@@ -33,6 +33,7 @@ from streaming_jobs.common.hudi import HudiTable, upsert_batch
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import Settings
+from streaming_jobs.common.spark import in_pool
 
 log = logging.getLogger("bronze")
 
@@ -216,6 +217,7 @@ class BronzeBatch:
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        in_pool(df.sparkSession, self._lane.query)
         enveloped = df.transform(self._envelope).persist()
         try:
             counts = self._write(enveloped)
@@ -277,6 +279,7 @@ class BronzeBatch:
         return counts
 
     def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
+        in_pool(rows.sparkSession, self._lane.query)
         upsert_batch(rows, table, self._settings.table_path(table.name))
 
 
@@ -305,7 +308,10 @@ def start(spark: SparkSession, settings: Settings, once: bool = False) -> list[S
             .option("checkpointLocation", settings.checkpoint_path(lane.query))
         )
         trigger = {"availableNow": True} if once else {"processingTime": lane.trigger}
+        # Each lane's jobs in its own FAIR pool (conf/fairscheduler.xml).
+        in_pool(spark, lane.query)
         queries.append(writer.trigger(**trigger).start())
+    in_pool(spark, None)
     return queries
 
 

@@ -71,6 +71,14 @@ def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]
         # 2.5 s -> 1.1 s per upsert of 10k rows on 2 cores (docs/BENCHMARKS.md),
         # and the tables here are few partitions (symbol x day) to list.
         "hoodie.metadata.enable": "false",
+        # Each datasource write otherwise starts (and stops) an embedded
+        # timeline server for its markers and file views: a fixed cost that
+        # dominates a small streaming commit. Without it an upsert of 500
+        # trades took 0.61 s instead of 0.84 s (median of 22, local[2];
+        # docs/BENCHMARKS.md, "Where the time goes"). Markers are then files
+        # beside the data, a few per commit.
+        "hoodie.embed.timeline.server": "false",
+        "hoodie.write.markers.type": "DIRECT",
         # Every base file carries a bloom filter of its keys in its footer,
         # sized up front for num_entries keys: Hudi's 60,000 made a 2-row
         # file 440 KB, 431 KB of it the filter (make bench's 2,000-symbol

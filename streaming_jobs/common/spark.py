@@ -4,6 +4,7 @@
 partitions, serializer, Hudi extensions, metrics). This module adds what is
 derived from the settings: the jars from `jars/lib/`, the app name and Spark
 UI port of each layer, and the S3A settings of the storage profile.
+The pools of the FAIR scheduler are in `conf/fairscheduler.xml`.
 `./spark-submit.sh` passes the defaults file and `python -m
 streaming_jobs.common.spark <layer>` lines as `--conf`; the tests build their
 session from `session_conf()`, so a job and its test never drift apart.
@@ -17,12 +18,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 JARS_DIR = PROJECT_ROOT / "jars" / "lib"
 SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
 LOG_CONFIG = PROJECT_ROOT / "conf" / "log4j2.properties"
+FAIR_POOLS = PROJECT_ROOT / "conf" / "fairscheduler.xml"
 APPS = ("bronze", "silver", "gold", "sql")
 
 
@@ -79,6 +85,7 @@ def app_conf(settings: Settings, app: str) -> dict[str, str]:
     return {
         "spark.app.name": f"lakehouse-{app}",
         "spark.jars": ",".join(str(p) for p in jar_paths()),
+        "spark.scheduler.allocation.file": str(FAIR_POOLS),
         **ui,
         **s3a_conf(settings),
     }
@@ -87,6 +94,15 @@ def app_conf(settings: Settings, app: str) -> dict[str, str]:
 def session_conf(settings: Settings, app: str) -> dict[str, str]:
     """The whole conf of an app: defaults file plus derived values (for in-process sessions)."""
     return {**read_spark_defaults(), **app_conf(settings, app)}
+
+
+def in_pool(spark: SparkSession, pool: str | None) -> None:
+    """Run the calling thread's Spark jobs in FAIR scheduler `pool` (None: the default).
+
+    A property of the thread: a query's thread inherits it from the thread
+    that starts the query, a thread pool's workers do not, so each sets it.
+    """
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
 
 
 def main(argv: list[str]) -> int:

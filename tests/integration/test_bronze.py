@@ -194,6 +194,36 @@ def snapshot(spark: Any, settings: Settings) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("profile", ["local", "minio"])
+def stage_pools(spark: Any) -> dict[int, str]:
+    """Stage id -> the FAIR scheduler pool it ran in, for every stage that ran."""
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    no_quantiles = sc._gateway.new_array(jvm.double, 0)
+    # AppStatusStore.stageList(statuses, details, withSummaries, quantiles, taskStatus)
+    stages = sc._jsc.sc().statusStore().stageList(None, False, False, no_quantiles, None)
+    listed = jvm.scala.collection.JavaConverters.seqAsJavaList(stages)
+    # A skipped stage (its output already computed) never enters a pool.
+    ran = [s for s in listed if str(s.status()) != "SKIPPED"]
+    return {int(s.stageId()): str(s.schedulingPool()) for s in ran}
+
+
+def test_each_lane_runs_in_its_own_fair_pool(
+    spark: Any, bronze_settings: Settings, capture: Capture
+) -> None:
+    """bronze_fast gets a core while a bulk batch runs (conf/fairscheduler.xml)."""
+    sc = spark.sparkContext
+    assert sc.getConf().get("spark.scheduler.mode") == "FAIR"
+    fast = sc._jsc.sc().getPoolForName("bronze_fast").get()
+    assert (fast.minShare(), fast.weight()) == (1, 4)
+    before = set(stage_pools(spark))
+    publish(bronze_settings, capture)
+    run_bronze(spark, bronze_settings)
+    pools = {pool for stage, pool in stage_pools(spark).items() if stage not in before}
+    assert pools == {"bronze", "bronze_fast"}
+    # The caller's thread is back in the default pool.
+    assert sc.getLocalProperty("spark.scheduler.pool") is None
+
+
 def test_sigkill_mid_batch_then_restart_changes_nothing(
     spark: Any, bronze_settings: Settings, capture: Capture, tmp_path: Path, profile: str
 ) -> None:
