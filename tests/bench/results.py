@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 from streaming_jobs.common.settings import PROJECT_ROOT
 
 SERVICES = str(PROJECT_ROOT / "infra" / "services.sh")
+# Timed runs of a peer measured for a ratio (median taken).
+TIMED_RUNS = 3
 DOC_HEADER = "# Benchmarks\n\nEvery figure here was produced by the command next to it.\n\n"
 
 
@@ -56,3 +60,13 @@ def publish_results(name: str, report: dict[str, Any], section: str) -> None:
 def percentile(ordered: list[float], q: float) -> float:
     """The q-quantile of sorted values, nearest rank below (as every bench reports it)."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median_time(run: Callable[[], None], runs: int = TIMED_RUNS) -> float:
+    """The median wall time of `runs` calls of `run`, in seconds."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

@@ -62,7 +62,13 @@ from streaming_jobs.silver import bars as B, tables
 from streaming_jobs.silver.job import start
 from tests.bench.bronze_bench import hudi_visible, jvm_peak_rss_mb, session, trades_trigger
 from tests.bench.producer_bench import memory_gb
-from tests.bench.results import kafka_running, percentile, publish_results
+from tests.bench.results import (
+    TIMED_RUNS,
+    kafka_running,
+    median_time,
+    percentile,
+    publish_results,
+)
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-silver"
@@ -302,9 +308,21 @@ def main(argv: list[str]) -> int:
     ).write.parquet(str(exported))
     con = duckdb.connect()
     con.execute("SET threads = 2; SET TimeZone = 'UTC'")
-    started = time.perf_counter()
-    duck = con.execute(DUCKDB_1M.format(path=exported)).fetchall()
-    duckdb_s = time.perf_counter() - started
+    duck: list[Any] = []
+
+    def run_duckdb() -> None:
+        duck[:] = con.execute(DUCKDB_1M.format(path=exported)).fetchall()
+
+    duckdb_s = median_time(run_duckdb)
+    # Spark's floor on this machine: DuckDB's query in Spark, nothing else
+    # (no Hudi, no fills, roll-ups or indicators), in the warm session.
+    floor: list[Any] = []
+
+    def run_spark_floor() -> None:
+        source = spark.read.parquet(str(exported))
+        floor[:] = B.minute_bars(B.trade_rows(source, "trades")).collect()
+
+    floor_s = median_time(run_spark_floor)
 
     silver_1m = {
         (r.symbol, r.open_ms): tuple(r)[2:]
@@ -318,10 +336,14 @@ def main(argv: list[str]) -> int:
         .collect()
     }
     duck_1m = {(r[0], r[1]): tuple(r[2:]) for r in duck}
-    if silver_1m != duck_1m:
-        differ = [k for k in duck_1m if silver_1m.get(k) != duck_1m[k]][:3]
-        print(f"silver's 1m bars differ from DuckDB's, e.g. {differ}", file=sys.stderr)
-        return 1
+    floor_1m = {
+        (r.symbol, r.open_ms): tuple(r)[2 : B.BAR_COLUMNS.index("first_trade_id")] for r in floor
+    }
+    for name, bars_1m in (("silver", silver_1m), ("Spark's plain query", floor_1m)):
+        if bars_1m != duck_1m:
+            differ = [k for k in duck_1m if bars_1m.get(k) != duck_1m[k]][:3]
+            print(f"{name}'s 1m bars differ from DuckDB's, e.g. {differ}", file=sys.stderr)
+            return 1
     bars = read_table(spark, settings.table_path(tables.OHLCV.name)).count()
     peak = jvm_peak_rss_mb(spark)
     spark.stop()
@@ -341,6 +363,8 @@ def main(argv: list[str]) -> int:
         "silver_trades_per_s": trades / silver_s,
         "duckdb_trades_per_s": trades / duckdb_s,
         "silver_over_duckdb": silver_s / duckdb_s,
+        "spark_floor_1m_s": floor_s,
+        "spark_floor_over_duckdb": floor_s / duckdb_s,
         "freshness": fresh,
         "driver_peak_rss_mb": peak,
         "machine": {"cores": os.cpu_count(), "memory_gb": round(memory_gb(), 1)},
@@ -359,7 +383,13 @@ def main(argv: list[str]) -> int:
             f"{silver_s:,.1f} | {trades / silver_s:,.0f} |",
             f"| DuckDB: the same 1m OHLCV from Parquet ({len(duck_1m):,} bars, equal to "
             f"silver's) | {duckdb_s:,.2f} | {trades / duckdb_s:,.0f} |",
+            f"| Spark alone: DuckDB's query from the same Parquet, same session (no Hudi, "
+            f"fills, roll-ups or indicators) | {floor_s:,.2f} | {trades / floor_s:,.0f} |",
             f"| silver / DuckDB | {silver_s / duckdb_s:,.1f}x | |",
+            f"| Spark alone / DuckDB: the floor of any Spark job here | "
+            f"{floor_s / duckdb_s:,.1f}x | |",
+            "",
+            f"DuckDB and Spark alone: median of {TIMED_RUNS} runs each.",
             "",
             freshness_line(fresh, settings, args.freshness_s),
             "",
