@@ -193,7 +193,6 @@ def snapshot(spark: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("profile", ["local", "minio"])
 def stage_pools(spark: Any) -> dict[int, str]:
     """Stage id -> the FAIR scheduler pool it ran in, for every stage that ran."""
     sc = spark.sparkContext
@@ -224,6 +223,7 @@ def test_each_lane_runs_in_its_own_fair_pool(
     assert sc.getLocalProperty("spark.scheduler.pool") is None
 
 
+@pytest.mark.parametrize("profile", ["local", "minio"])
 def test_sigkill_mid_batch_then_restart_changes_nothing(
     spark: Any, bronze_settings: Settings, capture: Capture, tmp_path: Path, profile: str
 ) -> None:
