@@ -8,6 +8,7 @@ second time over the same frames published again, which must change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -252,6 +253,9 @@ def test_sigkill_mid_batch_then_restart_changes_nothing(
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its own process group: the driver's Python outlives a killed JVM
+        # (and holds the metrics port), so the whole group is killed.
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -263,11 +267,11 @@ def test_sigkill_mid_batch_then_restart_changes_nothing(
             assert time.monotonic() < deadline, "bronze never reached a second batch"
             time.sleep(0.1)
         time.sleep(1.0)  # well inside the batch: its Hudi commits are under way
-        driver.send_signal(signal.SIGKILL)
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
-        if driver.poll() is None:
-            driver.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
     restarted = subprocess.run(
         [str(PROJECT_ROOT / "spark-submit.sh"), "bronze", "--once"],
         env=env,
