@@ -37,7 +37,7 @@ from streaming_jobs.common.hudi import (
 )
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import INTERVAL_MS, Settings
-from streaming_jobs.silver import bars as B, indicators as ind, tables
+from streaming_jobs.silver import bars as B, indicators as ind, series, tables
 
 log = logging.getLogger("silver")
 
@@ -60,61 +60,52 @@ BAR_OUTPUT = (
     *ind.STATE,
 )
 
-_SERIES_OUT = T.StructType(
+# What series.update_symbol returns and the ripe bars join: series.ROW_COLUMNS.
+_ROWS = T.StructType(
     [
         T.StructField("symbol", T.StringType()),
-        T.StructField("interval", T.StringType()),
         T.StructField("open_ms", T.LongType()),
+        *[T.StructField(c, T.DecimalType(28, 8)) for c in ("open", "high", "low", "close")],
+        T.StructField("volume", T.DecimalType(38, 8)),
+        T.StructField("quote_volume", T.DecimalType(38, 16)),
+        T.StructField("trade_count", T.LongType()),
+        T.StructField("taker_buy_base", T.DecimalType(38, 8)),
+        T.StructField("taker_buy_quote", T.DecimalType(38, 16)),
+        T.StructField("first_trade_id", T.LongType()),
+        T.StructField("last_trade_id", T.LongType()),
+        T.StructField("is_filled", T.BooleanType()),
+        T.StructField("interval", T.StringType()),
         *[T.StructField(c, T.DoubleType()) for c in ind.OUTPUTS],
         T.StructField("bar_index", T.LongType()),
         *[T.StructField(c, T.DoubleType()) for c in ind.STATE if c != "bar_index"],
+        T.StructField("is_final", T.BooleanType()),
     ]
 )
-
-
-def series_indicators(pdf: pd.DataFrame) -> pd.DataFrame:
-    """One (symbol, interval): stored context bars before the first changed bar + bars to do.
-
-    Continues from the last context bar's state when it is warm and the 19
-    closes before are there; otherwise the context is the series from its
-    first bar and the whole series is computed.
-    """
-    pdf = pdf.sort_values("open_ms")
-    ctx = pdf[pdf["ctx"]]
-    todo = pdf[~pdf["ctx"]]
-    window = ind.SMA_N - 1
-    if len(ctx) >= window and ctx["bar_index"].iloc[-1] >= ind.WARM:
-        last = ctx.iloc[-1]
-        prior = ind.State(
-            bar_index=int(last["bar_index"]),
-            close=float(last["close_f"]),
-            ema_12=float(last["ema_12"]),
-            ema_26=float(last["ema_26"]),
-            macd_fast_ema=float(last["macd_fast_ema"]),
-            macd_signal=float(last["macd_signal"]),
-            rsi_avg_gain=float(last["rsi_avg_gain"]),
-            rsi_avg_loss=float(last["rsi_avg_loss"]),
-        )
-        values = ind.compute(todo["close_f"].to_numpy(), prior, ctx["close_f"].to_numpy()[-window:])
-    else:
-        full = ind.compute(pdf["close_f"].to_numpy())
-        values = {k: v[len(ctx) :] for k, v in full.items()}
-    out = todo[["symbol", "interval", "open_ms"]].reset_index(drop=True)
-    for name, column in values.items():
-        out[name] = column
-    out["bar_index"] = out["bar_index"].astype("int64")
-    return out[[f.name for f in _SERIES_OUT.fields]]
+assert tuple(f.name for f in _ROWS.fields) == series.ROW_COLUMNS
 
 
 class SilverBatch:
-    """The foreachBatch function over new bronze trade rows."""
+    """The foreachBatch function over new bronze trade rows.
+
+    Besides the table it keeps, per symbol, the open time of its last 1m
+    bar (read once at start, then advanced by each batch it writes), so a
+    batch reads only the stored bars around what it touched. It is the
+    table's only writer, and a restart reads the table again.
+    """
 
     def __init__(self, spark: SparkSession, settings: Settings):
         self._spark = spark
         self._layer = settings.pipeline.streaming.silver
         self._path = settings.table_path(tables.OHLCV.name)
         self._source_path = settings.table_path(SOURCES[self._layer.bars_from].name)
-        self._max_event_ms = self._stored_max_event_ms()
+        self._intervals = [(i, INTERVAL_MS[i]) for i in self._layer.intervals]
+        self._widest = max(ms for _, ms in self._intervals)
+        self._last_1m: dict[str, int] = {}
+        self._max_event_ms: int | None = None
+        # Every stored bar ending at or before this has been judged final or
+        # not (unknown after a start: the first batch looks at every bar).
+        self._judged: int | None = None
+        self._load_state()
         self.late_trades = 0  # since this driver started; each batch logs its own
 
     # -- state kept in the table ------------------------------------------------
@@ -124,52 +115,67 @@ class SilverBatch:
             return None
         return read_table(self._spark, self._path).withColumn("open_ms", F.unix_millis("open_time"))
 
-    def _stored_max_event_ms(self) -> int | None:
-        """The latest trade time seen, from the bars (a restart resumes the watermark)."""
+    def _load_state(self) -> None:
+        """Each symbol's last 1m bar and the latest trade time seen (resumes the watermark)."""
         stored = self._stored()
         if stored is None:
-            return None
-        row = (
-            stored.filter((F.col("interval") == "1m") & ~F.col("is_filled"))
-            .agg(F.max("open_ms"))
-            .first()
+            return
+        rows = (
+            stored.filter(F.col("interval") == "1m")
+            .groupBy("symbol")
+            .agg(
+                F.max("open_ms").alias("last"),
+                F.max(F.when(~F.col("is_filled"), F.col("open_ms"))).alias("last_real"),
+            )
+            .collect()
         )
-        return None if row is None or row[0] is None else int(row[0]) + _MIN - 1
+        self._last_1m = {r["symbol"]: int(r["last"]) for r in rows}
+        reals = [int(r["last_real"]) for r in rows if r["last_real"] is not None]
+        self._max_event_ms = max(reals) + _MIN - 1 if reals else None
 
     # -- the batch --------------------------------------------------------------
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         trades = B.trade_rows(df, self._layer.bars_from)
-        spans = [
-            (r["symbol"], int(r["lo"]), int(r["hi"]), int(r["last_ms"]))
+        minute = B.floor_ms("time_ms", _MIN)
+        # Trades whose bar was already final: corrected, and counted.
+        late = (
+            F.lit(0)
+            if self._max_event_ms is None
+            else F.count(
+                F.when(minute + (_MIN - 1) <= self._max_event_ms - self._layer.watermark_ms, 1)
+            )
+        )
+        spans = {
+            r["symbol"]: (int(r["lo"]), int(r["hi"]), int(r["last_ms"]), int(r["late"]))
             for r in trades.groupBy("symbol")
             .agg(
-                F.min(B.floor_ms("time_ms", _MIN)).alias("lo"),
-                F.max(B.floor_ms("time_ms", _MIN)).alias("hi"),
+                F.min(minute).alias("lo"),
+                F.max(minute).alias("hi"),
                 F.max("time_ms").alias("last_ms"),
+                late.alias("late"),
             )
             .collect()
-        ]
-        late = 0
-        if spans and self._max_event_ms is not None:
-            # Trades whose bar was already final: corrected, and counted.
-            before = self._max_event_ms - self._layer.watermark_ms
-            late = trades.filter(B.floor_ms("time_ms", _MIN) + (_MIN - 1) <= before).count()
+        }
+        late_n = sum(s[3] for s in spans.values())
         if spans:
-            latest = max(s[3] for s in spans)
+            latest = max(s[2] for s in spans.values())
             self._max_event_ms = max(self._max_event_ms or latest, latest)
         watermark = (
             None if self._max_event_ms is None else self._max_event_ms - self._layer.watermark_ms
         )
-        written = self._write({s[0]: (s[1], s[2]) for s in spans}, watermark)
-        self.late_trades += late
+        written = self._write({s: (v[0], v[1]) for s, v in spans.items()}, watermark)
+        for symbol, (_, hi, _, _) in spans.items():
+            self._last_1m[symbol] = max(self._last_1m.get(symbol, hi), hi)
+        self._judged = watermark
+        self.late_trades += late_n
         log.info(
             "batch %d: %d symbols, %d late trades (%d in all), %d bars written, "
             "watermark %s, in %.1f s",
             batch_id,
             len(spans),
-            late,
+            late_n,
             self.late_trades,
             written,
             watermark,
@@ -177,111 +183,94 @@ class SilverBatch:
         )
 
     def _write(self, touched: dict[str, tuple[int, int]], watermark: int | None) -> int:
-        # Intermediate frames are reused by several steps: each is
-        # materialized once with localCheckpoint, which also cuts its plan
-        # (a plan that embeds its inputs' plans grows with every reuse).
-        everything = self._stored()
-        stored = None
-        if everything is not None:
-            stored = everything.filter(
-                F.col("symbol").isin(list(touched) or [""])
-            ).localCheckpoint()
-        changed = self._bars(touched, stored) if touched else None
-        rows = self._finish(changed, stored, everything, watermark)
-        if rows is None:
+        stored = self._stored()
+        parts = []
+        if touched:
+            parts.append(self._changed(touched, stored, watermark))
+        if stored is not None and watermark is not None:
+            parts.append(self._ripe(stored, set(touched), watermark))
+        if not parts:
             return 0
-        rows = rows.localCheckpoint()
+        rows = parts[0]
+        for frame in parts[1:]:
+            rows = rows.unionByName(frame)
+        # Materialized once: Hudi's upsert reads its input more than once.
+        rows = self._table_rows(rows).localCheckpoint()
         n = rows.count()
         if n:
             upsert_batch(rows, tables.OHLCV, self._path)
         return n
 
-    def _bars(self, touched: dict[str, tuple[int, int]], stored: DataFrame | None) -> DataFrame:
-        """The changed bars of every interval (without indicators), as BAR columns + interval."""
-        spark = self._spark
-        spans = spark.createDataFrame(
-            [(s, lo, hi) for s, (lo, hi) in touched.items()], "symbol string, lo long, hi long"
-        )
-        if stored is not None:
-            m1 = stored.filter(F.col("interval") == "1m")
-            around = (
-                spans.join(m1, "symbol", "left")
-                .groupBy("symbol", "lo", "hi")
-                .agg(
-                    F.max(
-                        F.when(F.col("open_ms") < F.col("lo"), F.struct("open_ms", "close"))
-                    ).alias("prev"),
-                    F.min(
-                        F.when(
-                            (F.col("open_ms") > F.col("hi")) & ~F.col("is_filled"), F.col("open_ms")
-                        )
-                    ).alias("next_real"),
-                )
-                .select(
-                    "symbol",
-                    "lo",
-                    "hi",
-                    F.col("prev.open_ms").alias("prev_ms"),
-                    F.col("prev.close").alias("carry_close"),
-                    "next_real",
-                )
-            )
-        else:
-            around = spans.select(
-                "*",
-                F.lit(None).cast("long").alias("prev_ms"),
-                F.lit(None).cast(T.DecimalType(28, 8)).alias("carry_close"),
-                F.lit(None).cast("long").alias("next_real"),
-            )
-        fill_spans = around.select(
-            "symbol",
-            "lo",
-            "hi",
-            F.coalesce(F.col("prev_ms") + _MIN, F.col("lo")).alias("first_ms"),
-            F.coalesce(F.col("next_real") - _MIN, F.col("hi")).alias("last_ms"),
-            "carry_close",
-        ).localCheckpoint()
+    def _changed(
+        self, touched: dict[str, tuple[int, int]], stored: DataFrame | None, watermark: int | None
+    ) -> DataFrame:
+        """Every row the touched symbols write: bars of all intervals, indicators, finality.
+
+        One pass per symbol (series.update_symbol) over the 1m bars
+        recomputed from bronze and the stored bars around them.
+        """
         real = B.minute_bars(self._source_trades(touched))
-        minutes = B.fill_minutes(real, fill_spans).localCheckpoint()
-        out = [B.with_times(minutes, "1m", _MIN)]
-        longer = [i for i in self._layer.intervals if i != "1m"]
-        if longer:
-            # Every 1m bar of the touched buckets of the longest interval: the
-            # stored ones, replaced by the ones just computed.
-            widest = max(INTERVAL_MS[i] for i in longer)
-            bounds = fill_spans.select(
-                "symbol",
-                B.floor_ms("first_ms", widest).alias("b_lo"),
-                (B.floor_ms("last_ms", widest) + widest).alias("b_hi"),
+        intervals = self._intervals
+
+        def one_symbol(real: pd.DataFrame, around: pd.DataFrame) -> pd.DataFrame:
+            return series.update_symbol(real, around, intervals, watermark)
+
+        return (
+            real.groupBy("symbol")
+            .cogroup(self._around(touched, stored).groupBy("symbol"))
+            .applyInPandas(one_symbol, _ROWS)
+        )
+
+    def _around(self, touched: dict[str, tuple[int, int]], stored: DataFrame | None) -> DataFrame:
+        """The stored bars a touched symbol's update needs (series.update_symbol's `stored`).
+
+        Per interval, from CONTEXT_STEPS steps before the first bar the
+        batch can change (1m: from the start of the widest interval's
+        bucket, which the roll-ups re-aggregate) to the end of the series.
+        """
+        if stored is None:
+            return self._spark.createDataFrame([], _ROWS)
+        bounds = []
+        for symbol, (lo, _) in touched.items():
+            last = self._last_1m.get(symbol)
+            # Past the symbol's last bar, the fill starts right after it.
+            first = last + _MIN if last is not None and last < lo else lo
+            for interval, ms in self._intervals:
+                bound = series.floor(first, ms) - series.CONTEXT_STEPS * ms
+                if interval == "1m":
+                    bound = min(bound, series.floor(first, self._widest))
+                bounds.append((symbol, interval, bound))
+        return (
+            stored.filter(F.col("symbol").isin(list(touched)))
+            .join(
+                F.broadcast(
+                    self._spark.createDataFrame(
+                        bounds, "symbol string, interval string, bound long"
+                    )
+                ),
+                ["symbol", "interval"],
             )
-            context = minutes
-            if stored is not None:
-                old = (
-                    stored.filter(F.col("interval") == "1m")
-                    .join(bounds, "symbol")
-                    .filter(
-                        (F.col("open_ms") >= F.col("b_lo")) & (F.col("open_ms") < F.col("b_hi"))
-                    )
-                    .select(*B.BAR_COLUMNS)
-                    .join(minutes.select("symbol", "open_ms"), ["symbol", "open_ms"], "left_anti")
-                )
-                context = old.unionByName(minutes)
-            context = context.localCheckpoint()
-            for interval in longer:
-                ms = INTERVAL_MS[interval]
-                rolled = (
-                    B.roll_up(context, ms)
-                    .join(fill_spans, "symbol")
-                    .filter(
-                        (F.col("open_ms") >= B.floor_ms("first_ms", ms))
-                        & (F.col("open_ms") <= B.floor_ms("last_ms", ms))
-                    )
-                )
-                out.append(B.with_times(rolled.select(*B.BAR_COLUMNS), interval, ms))
-        changed = out[0]
-        for frame in out[1:]:
-            changed = changed.unionByName(frame)
-        return changed
+            .filter(F.col("open_ms") >= F.col("bound"))
+            .select(*series.ROW_COLUMNS)
+        )
+
+    def _ripe(self, stored: DataFrame, touched: set[str], watermark: int) -> DataFrame:
+        """Bars of untouched symbols that became final without changing."""
+        ripe = stored.filter(~F.col("is_final") & (F.unix_millis("close_time") <= watermark))
+        if self._judged is not None:
+            # Only bars ending after the last batch's watermark can have
+            # ripened since, of symbols whose series reaches that far.
+            symbols = [
+                s
+                for s, last in self._last_1m.items()
+                if s not in touched and last + self._widest > self._judged
+            ]
+            ripe = ripe.filter(
+                F.col("symbol").isin(symbols or [""]) & (F.unix_millis("close_time") > self._judged)
+            )
+        elif touched:
+            ripe = ripe.filter(~F.col("symbol").isin(list(touched)))
+        return ripe.withColumn("is_final", F.lit(True)).select(*series.ROW_COLUMNS)
 
     def _source_trades(self, touched: dict[str, tuple[int, int]]) -> DataFrame:
         """The bronze trades of each touched span, read with partition pruning."""
@@ -299,107 +288,26 @@ class SilverBatch:
         source = read_table(self._spark, self._source_path).filter(condition)
         return B.trade_rows(source, self._layer.bars_from)
 
-    def _finish(
-        self,
-        changed: DataFrame | None,
-        stored: DataFrame | None,
-        everything: DataFrame | None,
-        watermark: int | None,
-    ) -> DataFrame | None:
-        """Indicators for the changed bars and every later bar; finality; the table's columns."""
-        parts = []
-        if changed is not None:
-            changed = changed.localCheckpoint()
-            starts = changed.groupBy("symbol", "interval").agg(F.min("open_ms").alias("e"))
-            bars = changed
-            ctx = None
-            if stored is not None:
-                later = (
-                    stored.join(starts, ["symbol", "interval"])
-                    .filter(F.col("open_ms") >= F.col("e"))
-                    .join(
-                        changed.select("symbol", "interval", "open_ms"),
-                        ["symbol", "interval", "open_ms"],
-                        "left_anti",
-                    )
-                    .select(*changed.columns)
-                )
-                bars = changed.unionByName(later)
-                step = F.expr(
-                    "element_at(map("
-                    + ", ".join(f"'{i}', {INTERVAL_MS[i]}L" for i in self._layer.intervals)
-                    + "), interval)"
-                )
-                ctx = stored.join(starts, ["symbol", "interval"]).filter(
-                    (F.col("open_ms") < F.col("e"))
-                    & (
-                        (F.col("open_ms") >= F.col("e") - step * (ind.SMA_N - 1))
-                        | (F.col("bar_index") <= ind.WARM)
-                    )
-                )
-            series = bars.select(
-                "symbol",
-                "interval",
-                "open_ms",
-                F.col("close").cast("double").alias("close_f"),
-                F.lit(False).alias("ctx"),
-                *[F.lit(None).cast("double").alias(c) for c in (*ind.OUTPUTS, *ind.STATE)],
-            )
-            if ctx is not None:
-                series = series.unionByName(
-                    ctx.select(
-                        "symbol",
-                        "interval",
-                        "open_ms",
-                        F.col("close").cast("double").alias("close_f"),
-                        F.lit(True).alias("ctx"),
-                        *[F.col(c).cast("double") for c in (*ind.OUTPUTS, *ind.STATE)],
-                    )
-                )
-            values = series.groupBy("symbol", "interval").applyInPandas(
-                series_indicators, _SERIES_OUT
-            )
-            parts.append(
-                bars.select(*B.BAR_COLUMNS, "interval", "open_time", "close_time").join(
-                    values, ["symbol", "interval", "open_ms"]
-                )
-            )
-        if everything is not None and watermark is not None:
-            # Bars of any symbol that became final without changing.
-            ripe = everything.filter(
-                ~F.col("is_final") & (F.unix_millis("close_time") <= F.lit(watermark))
-            )
-            if parts:
-                ripe = ripe.join(
-                    parts[0].select("symbol", "interval", "open_ms"),
-                    ["symbol", "interval", "open_ms"],
-                    "left_anti",
-                )
-            parts.append(ripe.select(*parts[0].columns) if parts else ripe.select(*_ripe_columns()))
-        if not parts:
-            return None
-        rows = parts[0]
-        for frame in parts[1:]:
-            rows = rows.unionByName(frame)
-        final = (
-            F.lit(False) if watermark is None else F.unix_millis("close_time") <= F.lit(watermark)
+    def _table_rows(self, rows: DataFrame) -> DataFrame:
+        """Rows of series.ROW_COLUMNS -> the table's columns."""
+        step = F.expr(
+            "element_at(map("
+            + ", ".join(f"'{i}', {ms}L" for i, ms in self._intervals)
+            + "), interval)"
         )
         now = F.current_timestamp()
         return rows.select(
-            *[c for c in rows.columns if c not in ("open_ms",)],
+            "*",
+            F.timestamp_millis("open_ms").alias("open_time"),
+            F.timestamp_millis(F.col("open_ms") + step - 1).alias("close_time"),
             # A ratio, not a sum: float64 (decimal division would need more than 38 digits).
             F.when(
                 F.col("volume") > 0,
                 F.col("quote_volume").cast("double") / F.col("volume").cast("double"),
             ).alias("vwap"),
-            final.alias("is_final"),
             now.alias("updated_at"),
             F.unix_millis(now).alias("updated_ms"),
         ).select(*BAR_OUTPUT)
-
-
-def _ripe_columns() -> list[str]:
-    return [*B.BAR_COLUMNS, "interval", "open_time", "close_time", *ind.OUTPUTS, *ind.STATE]
 
 
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:

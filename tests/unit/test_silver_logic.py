@@ -14,12 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
 from producer.replay.captures import read_capture
 from streaming_jobs.common.settings import INTERVAL_MS, PROJECT_ROOT
-from streaming_jobs.silver import bars as B, indicators as ind
+from streaming_jobs.silver import bars as B, indicators as ind, series
 from tests.support import archive_rows, talib_reference
 
 CRYPTOFEED = PROJECT_ROOT / "producer" / "replay" / "captures" / "BINANCE.ws.1.0.gz"
@@ -164,44 +165,41 @@ def test_trade_less_minutes_carry_the_previous_close(spark: Any) -> None:
         ("XRPETH", "0.00141580", "78.00000000", 15373537, 15373537, 1570752150583, True),
         ("XRPETH", "0.00141266", "10.00000000", 15373538, 15373538, 1570752243000, True),
     ]
-    real = B.minute_bars(B.trade_rows(agg_frame(spark, rows), "agg_trades"))
-    spans = spark.createDataFrame(
-        [("XRPETH", 1570752120000, 1570752240000, None)],
-        "symbol string, first_ms long, last_ms long, carry_close decimal(28,8)",
-    )
-    got = B.fill_minutes(real, spans).orderBy("open_ms").collect()
-    assert [b.open_ms for b in got] == [1570752120000, 1570752180000, 1570752240000]
-    filled = got[1]
+    real = B.minute_bars(B.trade_rows(agg_frame(spark, rows), "agg_trades")).toPandas()
+    got = series.fill_minutes(real, "XRPETH", 1570752120000, 1570752240000, None)
+    assert list(got["open_ms"]) == [1570752120000, 1570752180000, 1570752240000]
+    filled = got.iloc[1]
     assert filled.is_filled and filled.trade_count == 0 and filled.volume == 0
     assert filled.open == filled.high == filled.low == filled.close == Decimal("0.00141580")
-    assert filled.first_trade_id is None
+    assert pd.isna(filled.first_trade_id)
+    assert not got.iloc[0].is_filled and not got.iloc[2].is_filled
 
 
-def test_archive_1m_klines_roll_up_like_an_independent_aggregation(spark: Any) -> None:
-    rows = archive_rows()
-    minutes = spark.createDataFrame(
+def archive_minutes(rows: list[list[str]]) -> pd.DataFrame:
+    """The archive's 1m klines as series' 1m bars (decimals from the CSV's strings)."""
+    return pd.DataFrame(
         [
-            ("BTCUSDT", int(r[0]), *r[1:6], r[7], int(r[8]), r[9], r[10], int(r[8]) == 0)
+            (
+                "BTCUSDT",
+                int(r[0]),
+                *(Decimal(v) for v in r[1:6]),
+                Decimal(r[7]),
+                int(r[8]),
+                Decimal(r[9]),
+                Decimal(r[10]),
+                None,
+                None,
+                int(r[8]) == 0,
+            )
             for r in rows
         ],
-        "symbol string, open_ms long, o string, h string, l string, c string, v string, "
-        "q string, n long, vb string, qb string, is_filled boolean",
-    ).select(
-        "symbol",
-        "open_ms",
-        *[
-            F.col(a).cast("decimal(28,8)").alias(b)
-            for a, b in zip("ohlc", B.BAR_COLUMNS[2:6], strict=True)
-        ],
-        F.col("v").cast("decimal(38,8)").alias("volume"),
-        F.col("q").cast("decimal(38,16)").alias("quote_volume"),
-        F.col("n").alias("trade_count"),
-        F.col("vb").cast("decimal(38,8)").alias("taker_buy_base"),
-        F.col("qb").cast("decimal(38,16)").alias("taker_buy_quote"),
-        F.lit(None).cast("long").alias("first_trade_id"),
-        F.lit(None).cast("long").alias("last_trade_id"),
-        "is_filled",
+        columns=list(series.BAR_COLUMNS),
     )
+
+
+def test_archive_1m_klines_roll_up_like_an_independent_aggregation() -> None:
+    rows = archive_rows()
+    minutes = archive_minutes(rows)
     assert sum(int(r[8]) for r in rows[:1440]) == 194010  # the official count of 2020-01-01
     for interval in ("5m", "15m", "1h", "4h", "1d"):
         ms = INTERVAL_MS[interval]
@@ -222,6 +220,68 @@ def test_archive_1m_klines_roll_up_like_an_independent_aggregation(spark: Any) -
         }
         got = {
             b.open_ms: (b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trade_count)
-            for b in B.roll_up(minutes, ms).collect()
+            for b in series.roll_up(minutes, ms).itertuples()
         }
         assert got == expected, interval
+
+
+INTERVALS = [(i, INTERVAL_MS[i]) for i in ("1m", "5m", "15m", "1h", "4h", "1d")]
+
+
+def run_batches(minutes: pd.DataFrame, cuts: list[int], watermark_lag: int) -> pd.DataFrame:
+    """Feed the 1m bars to update_symbol in batches, upserting its rows as the table would."""
+    table = pd.DataFrame(columns=list(series.ROW_COLUMNS))
+    for lo, hi in zip([0, *cuts], [*cuts, len(minutes)], strict=True):
+        real = minutes.iloc[lo:hi]
+        watermark = int(real["open_ms"].max()) + 59_999 - watermark_lag
+        rows = series.update_symbol(real, table, INTERVALS, watermark)
+        keyed = pd.concat([table, rows]).drop_duplicates(["interval", "open_ms"], keep="last")
+        table = keyed.reset_index(drop=True)
+    return table.sort_values(["interval", "open_ms"], ignore_index=True)
+
+
+def test_batches_continue_the_series_exactly_as_one_pass(closes: np.ndarray) -> None:
+    """Bars, indicators and state from many batches equal one batch over everything."""
+    minutes = archive_minutes(archive_rows())
+    whole = run_batches(minutes, [], 10_000)
+    batched = run_batches(minutes, [7, 100, 1439, 1440, 1441, 2000, 4000], 10_000)
+    pd.testing.assert_frame_equal(batched.drop(columns="is_final"), whole.drop(columns="is_final"))
+    one_minute = whole[whole["interval"] == "1m"]
+    assert len(one_minute) == len(minutes) == 4320
+    # 1m indicators equal TA-Lib over the whole series.
+    for name, theirs in talib_reference(closes).items():
+        ours = one_minute[name].to_numpy(dtype=float)
+        assert worst_relative(ours, theirs, np.abs(closes)) <= 1e-9, name
+    assert len(whole[whole["interval"] == "1d"]) == 3
+    # Only each interval's last bar, which the last watermark has not passed, stays provisional.
+    provisional = batched[~batched["is_final"].astype(bool)]
+    last = batched.groupby("interval")["open_ms"].max()
+    assert sorted(zip(provisional["interval"], provisional["open_ms"], strict=True)) == sorted(
+        last.items()
+    )
+
+
+def test_a_late_minute_rewrites_its_buckets_and_every_later_indicator() -> None:
+    minutes = archive_minutes(archive_rows()[:600])
+    table = run_batches(minutes, [300], 10_000)
+    late = minutes.iloc[[100]].copy()
+    late["close"] = late["close"] + Decimal("1.5")
+    late["high"] = late[["high", "close"]].max(axis=1)
+    watermark = int(minutes["open_ms"].max())
+    rows = series.update_symbol(late, table, INTERVALS, watermark)
+    corrected = minutes.copy()
+    corrected.iloc[100] = late.iloc[0]
+    expected = run_batches(corrected, [], 10_000)
+    by_key = rows.set_index(["interval", "open_ms"])
+    m1 = by_key.loc["1m"]
+    # The late minute and every later 1m bar (their indicators) are rewritten, none before.
+    assert list(m1.index) == list(minutes["open_ms"].iloc[100:])
+    ref = expected.set_index(["interval", "open_ms"])
+    for interval, ms in INTERVALS:
+        got = by_key.loc[interval]
+        want = ref.loc[interval].loc[got.index]
+        pd.testing.assert_frame_equal(
+            got.drop(columns="is_final"), want.drop(columns="is_final"), check_dtype=False
+        )
+        first_changed = int(minutes["open_ms"].iloc[100]) - int(minutes["open_ms"].iloc[100]) % ms
+        assert int(got.index.min()) == first_changed, interval
