@@ -133,7 +133,7 @@ chaos: setup
 bench: setup
 	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
 	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 60
-	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 240
+	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 360 --warmup-s 120
 	$(PY) -m tests.bench.market_bench --symbols 2000 --minutes 10 --burst-minutes 5
 
 # A smaller pass of the same benchmarks; its figures go to .state/bench-quick/,

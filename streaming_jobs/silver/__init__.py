@@ -1,7 +1,8 @@
 """Silver: OHLCV bars equal to Binance's klines, and indicators equal to TA-Lib.
 
-`./spark-submit.sh silver` runs `main` (job.py); bars.py and indicators.py
-are the pure transforms it applies.
+`./spark-submit.sh silver` runs `main` (job.py); bars.py (Spark: trades ->
+1m bars), series.py (pandas: one symbol's fills, roll-ups, indicators and
+finality) and indicators.py are the pure transforms it applies.
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
     ./spark-submit.sh silver [--once]
 
 Each micro-batch of new bronze rows (../shared/docs/design.md):
-1. gives, per symbol, the span of minutes it touched;
+1. gives, per symbol, the span of minutes it touched (one Spark job);
 2. recomputes the 1m bars of that span from bronze (all its trades, by
-   exchange time, decimals summed exactly) and fills the trade-less minutes
-   from the bar before the span to the next bar that traded;
-3. rolls the touched buckets of every longer interval up from the 1m bars;
-4. recomputes indicators per (symbol, interval) from the earliest changed
-   bar to the last one, continuing from the state stored on the bar before;
-5. marks bars final once the watermark (latest trade time seen minus the
-   allowed delay) passes their end, and upserts everything in one commit.
+   exchange time, decimals summed exactly) in Spark, then, per symbol in
+   one pandas function over those bars and the stored bars around them
+   (series.update_symbol): fills the trade-less minutes from the bar before
+   the span to the next bar that traded, rolls the touched buckets of every
+   longer interval up from the 1m bars, recomputes indicators per interval
+   from the earliest changed bar to the last one, continuing from the state
+   stored on the bar before, and marks bars final once the watermark
+   (latest trade time seen minus the allowed delay) passes their end;
+3. upserts everything in one commit.
 
 A late trade is never dropped: it re-touches its minute, and the bars,
 roll-ups and later indicators it changes are rewritten. Every write is an
@@ -230,29 +232,20 @@ class SilverBatch:
         """
         if stored is None:
             return self._spark.createDataFrame([], _ROWS)
-        bounds = []
+        firsts = []
         for symbol, (lo, _) in touched.items():
             last = self._last_1m.get(symbol)
             # Past the symbol's last bar, the fill starts right after it.
-            first = last + _MIN if last is not None and last < lo else lo
-            for interval, ms in self._intervals:
-                bound = series.floor(first, ms) - series.CONTEXT_STEPS * ms
-                if interval == "1m":
-                    bound = min(bound, series.floor(first, self._widest))
-                bounds.append((symbol, interval, bound))
-        return (
-            stored.filter(F.col("symbol").isin(list(touched)))
-            .join(
-                F.broadcast(
-                    self._spark.createDataFrame(
-                        bounds, "symbol string, interval string, bound long"
-                    )
-                ),
-                ["symbol", "interval"],
-            )
-            .filter(F.col("open_ms") >= F.col("bound"))
-            .select(*series.ROW_COLUMNS)
-        )
+            firsts += [F.lit(symbol), F.lit(last + _MIN if last is not None and last < lo else lo)]
+        first = F.element_at(F.create_map(*firsts), F.col("symbol"))
+        step = self._step()
+        bound = first - F.pmod(first, step) - series.CONTEXT_STEPS * step
+        bound = F.when(
+            F.col("interval") == "1m", F.least(bound, first - F.pmod(first, F.lit(self._widest)))
+        ).otherwise(bound)
+        return stored.filter(
+            F.col("symbol").isin(list(touched)) & (F.col("open_ms") >= bound)
+        ).select(*series.ROW_COLUMNS)
 
     def _ripe(self, stored: DataFrame, touched: set[str], watermark: int) -> DataFrame:
         """Bars of untouched symbols that became final without changing."""
@@ -288,13 +281,16 @@ class SilverBatch:
         source = read_table(self._spark, self._source_path).filter(condition)
         return B.trade_rows(source, self._layer.bars_from)
 
+    def _step(self) -> Column:
+        """A row's interval in milliseconds."""
+        return F.element_at(
+            F.create_map(*[F.lit(x) for i, ms in self._intervals for x in (i, ms)]),
+            F.col("interval"),
+        )
+
     def _table_rows(self, rows: DataFrame) -> DataFrame:
         """Rows of series.ROW_COLUMNS -> the table's columns."""
-        step = F.expr(
-            "element_at(map("
-            + ", ".join(f"'{i}', {ms}L" for i, ms in self._intervals)
-            + "), interval)"
-        )
+        step = self._step()
         now = F.current_timestamp()
         return rows.select(
             "*",
