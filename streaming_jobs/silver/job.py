@@ -282,11 +282,9 @@ class SilverBatch:
         return B.trade_rows(source, self._layer.bars_from)
 
     def _step(self) -> Column:
-        """A row's interval in milliseconds."""
-        return F.element_at(
-            F.create_map(*[F.lit(x) for i, ms in self._intervals for x in (i, ms)]),
-            F.col("interval"),
-        )
+        """A row's interval in milliseconds (a long: 35 days of them overflow an int)."""
+        pairs = [(F.lit(i), F.lit(ms).cast("long")) for i, ms in self._intervals]
+        return F.element_at(F.create_map(*[x for pair in pairs for x in pair]), F.col("interval"))
 
     def _table_rows(self, rows: DataFrame) -> DataFrame:
         """Rows of series.ROW_COLUMNS -> the table's columns."""
