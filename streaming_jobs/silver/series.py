@@ -91,7 +91,7 @@ def fill_minutes(
         i = by_minute.get(t)
         if i is not None:
             row = tuple(columns[c][i] for c in BAR_COLUMNS)
-            close = row[5]
+            close = columns["close"][i]
         elif close is not None:
             row = (symbol, t, *[close] * 4, zero, zero, 0, zero, zero, None, None, True)
         else:
