@@ -235,7 +235,10 @@ def run_batches(minutes: pd.DataFrame, cuts: list[int], watermark_lag: int) -> p
         real = minutes.iloc[lo:hi]
         watermark = int(real["open_ms"].max()) + 59_999 - watermark_lag
         rows = series.update_symbol(real, table, INTERVALS, watermark)
-        keyed = pd.concat([table, rows]).drop_duplicates(["interval", "open_ms"], keep="last")
+        # The first batch's rows are the whole table (concatenating an empty
+        # frame would leave the dtypes to a pandas deprecation).
+        stacked = pd.concat([table, rows]) if len(table) else rows
+        keyed = stacked.drop_duplicates(["interval", "open_ms"], keep="last")
         table = keyed.reset_index(drop=True)
     return table.sort_values(["interval", "open_ms"], ignore_index=True)
 
