@@ -86,6 +86,23 @@ _ROWS = T.StructType(
 assert tuple(f.name for f in _ROWS.fields) == series.ROW_COLUMNS
 
 
+def any_of(conditions: list[Column]) -> Column:
+    """The OR of `conditions` as a balanced tree.
+
+    A chain `a | b | c ...` nests one level per condition: a batch touching
+    the whole market's 2,000 symbols overflowed the JVM's stack while
+    Spark analysed it (make bench's 2,000-symbol run); the tree is
+    log2(n) deep.
+    """
+    if not conditions:
+        raise ValueError("any_of needs at least one condition")
+    level = list(conditions)
+    while len(level) > 1:
+        pairs = [a | b for a, b in zip(level[::2], level[1::2], strict=False)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
+
+
 class SilverBatch:
     """The foreachBatch function over new bronze trade rows.
 
@@ -267,18 +284,16 @@ class SilverBatch:
 
     def _source_trades(self, touched: dict[str, tuple[int, int]]) -> DataFrame:
         """The bronze trades of each touched span, read with partition pruning."""
-        condition: Column | None = None
+        spans = []
         for symbol, (lo, hi) in touched.items():
             start, end = F.timestamp_millis(F.lit(lo)), F.timestamp_millis(F.lit(hi + _MIN))
-            one = (
+            spans.append(
                 (F.col("symbol") == symbol)
                 & F.col("date").between(F.to_date(start), F.to_date(end))
                 & (F.col("trade_time") >= start)
                 & (F.col("trade_time") < end)
             )
-            condition = one if condition is None else condition | one
-        assert condition is not None
-        source = read_table(self._spark, self._source_path).filter(condition)
+        source = read_table(self._spark, self._source_path).filter(any_of(spans))
         return B.trade_rows(source, self._layer.bars_from)
 
     def _step(self) -> Column:

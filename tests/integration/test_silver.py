@@ -37,7 +37,7 @@ from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import progress
 from streaming_jobs.common.hudi import read_table, table_exists, upsert_batch
 from streaming_jobs.common.settings import INTERVAL_MS, PROJECT_ROOT, Settings, load_settings
-from streaming_jobs.silver import indicators as ind, tables
+from streaming_jobs.silver import indicators as ind, job as silver_job, tables
 from streaming_jobs.silver.job import start
 from tests.integration.test_bronze import run_bronze
 from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
@@ -329,3 +329,23 @@ def test_sigkill_mid_batch_then_restart_gives_the_uninterrupted_output(
     assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
     assert progress.commits_behind(settings, "silver", "bronze_agg_trades") == 0
     assert comparable(spark, settings) == comparable(spark, xrpeth)
+
+
+def test_a_batch_touching_the_whole_market_reads_its_spans(spark: Any) -> None:
+    """5,000 symbols' span conditions in one filter: the right rows, no stack overflow.
+
+    The chained OR this replaces failed with StackOverflowError at 2,000
+    symbols (make bench's whole-market run).
+    """
+    n = 5_000
+    rows = [(f"S{i:05d}USDT", i) for i in range(n)] + [("OTHERUSDT", 0)]
+    df = spark.createDataFrame(rows, "symbol string, trade_id long")
+    wanted = [(F.col("symbol") == f"S{i:05d}USDT") & (F.col("trade_id") == i) for i in range(n)]
+    # Every other symbol's condition asks for an id it does not have.
+    wanted[1::2] = [
+        (F.col("symbol") == f"S{i:05d}USDT") & (F.col("trade_id") < 0) for i in range(1, n, 2)
+    ]
+    got = {r.trade_id for r in df.filter(silver_job.any_of(wanted)).collect()}
+    assert got == set(range(0, n, 2))
+    with pytest.raises(ValueError, match="at least one"):
+        silver_job.any_of([])
