@@ -16,6 +16,7 @@
 #   make chaos     the chaos suite: every fault ROUNDS times (default 10) on a stack of its own,
 #                  then a clean run, then the invariants; writes docs/RELIABILITY.md (SEED, SPEED)
 #   make bench     benchmarks against their peers, results in docs/BENCHMARKS.md
+#   make bench-write   Hudi write paths per commit, one factor at a time (part of make bench)
 #                  (bench-quick: about 4.5 min, results in .state/bench-quick/)
 
 SHELL := /bin/bash
@@ -35,8 +36,8 @@ TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up demo where down status test chaos bench bench-quick lint jars-streamer clean-state \
-	pyfiles cluster-up cluster-down
+.PHONY: help setup up demo where down status test chaos bench bench-quick bench-write lint jars-streamer \
+	clean-state pyfiles cluster-up cluster-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -135,6 +136,10 @@ bench: setup
 	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 60
 	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 360 --warmup-s 120
 	$(PY) -m tests.bench.market_bench --symbols 2000 --minutes 10 --burst-minutes 5
+
+# Hudi's write paths one factor at a time, at 2, 200 and 2,000 symbols (docs/BENCHMARKS.md).
+bench-write: setup
+	$(PY) -m tests.bench.write_paths
 
 # A smaller pass of the same benchmarks; its figures go to .state/bench-quick/,
 # never over the full run's in docs/.
