@@ -19,17 +19,25 @@ still has exactly one writer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, SparkSession, functions as F
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window, functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 
 from streaming_jobs.bronze import tables, transform as tf
-from streaming_jobs.common.hudi import HudiTable, upsert_batch
+from streaming_jobs.bronze.guard import Bounds, SequenceGuard, sequence_value
+from streaming_jobs.common.hudi import (
+    Batch,
+    BatchLedger,
+    HudiTable,
+    current_batch,
+    write_batch,
+)
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import Settings
@@ -207,20 +215,32 @@ def quarantine_rows(df: DataFrame) -> DataFrame:
 
 
 class BronzeBatch:
-    """The foreachBatch function: an ordinary (df, batch_id) callable, testable on static frames."""
+    """The foreachBatch function: an ordinary (df, batch_id) callable, testable on static frames.
+
+    Exactly once per table: a commit carries its batch's stamp and a
+    replayed batch skips the tables that hold it (BatchLedger); an
+    immutable table's rows pass its SequenceGuard; two copies of a key
+    within a batch become one.
+    """
 
     def __init__(self, settings: Settings, lane: Lane | None = None):
         self._settings = settings
         self._lane = lane or Lane("bronze", (), _WRITTEN, True, "")
         topics = settings.pipeline.kafka.topics
         self._envelope = tf.with_envelope({spec.name: kind for kind, spec in topics.items()})
+        self._ledger: BatchLedger | None = None
+        self._guards: dict[str, SequenceGuard] = {}
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        in_pool(df.sparkSession, self._lane.query)
+        spark = df.sparkSession
+        in_pool(spark, self._lane.query)
+        if self._ledger is None:
+            self._ledger = BatchLedger(spark)
+        batch = current_batch(spark, self._lane.query, batch_id)
         enveloped = df.transform(self._envelope).persist()
         try:
-            counts = self._write(enveloped)
+            counts = self._write(enveloped, batch)
         finally:
             enveloped.unpersist()
         log.info(
@@ -231,56 +251,149 @@ class BronzeBatch:
             time.monotonic() - started,
         )
 
-    def _write(self, enveloped: DataFrame) -> dict[str, int]:
+    def _write(self, enveloped: DataFrame, batch: Batch) -> dict[str, int]:
         present: dict[str | None, int] = dict(enveloped.groupBy(_route_name()).count().collect())
         counts = {"input": sum(present.values())}
         if counts["input"] == 0:
             return counts
-        outcomes = [enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))]
+        envelope_only = enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))
+        outcomes = [_outcome(envelope_only.withColumn("date", F.lit(None).cast("date")), None)]
         parsed = {}
         for route in ROUTES:
             if present.get(route.kind):
                 parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
-                outcomes.append(parsed[route].select(*enveloped.columns))
+                outcomes.append(_outcome(parsed[route], route))
         try:
-            # One job parses every route (filling the caches) and counts the outcomes.
-            tally = (
+            # One job parses every route (filling the caches) and counts the outcomes, per
+            # route, date and symbol with the bounds of their sequences.
+            tally = Tally(
                 _union(outcomes)
-                .groupBy(_route_name(), F.col("reason").isNull().alias("good"))
-                .count()
+                .groupBy("route", F.col("reason").isNull().alias("good"), "date", "symbol")
+                .agg(
+                    F.count("*").alias("n"),
+                    F.min("seq").alias("low"),
+                    F.max("seq").alias("high"),
+                    F.count_distinct("seq").alias("distinct"),
+                )
                 .collect()
             )
-            good = {route: n for route, ok, n in tally if ok}
             writes = [
-                (
-                    route.table,
-                    rows.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns),
-                )
+                Write(route.table, self._good_rows(route, rows, tally), tally.bounds(route.kind))
                 for route, rows in parsed.items()
-                if good.get(route.kind) and route.topic in self._lane.writes
+                if tally.good(route.kind) and route.topic in self._lane.writes
             ]
-            if self._lane.quarantine and sum(n for _, ok, n in tally if not ok):
-                rejected = _union(outcomes).filter(F.col("reason").isNotNull())
-                writes.append((tables.QUARANTINE, quarantine_rows(rejected)))
+            if self._lane.quarantine and tally.rejected():
+                rejected = _union(
+                    [envelope_only, *[rows.select(*enveloped.columns) for rows in parsed.values()]]
+                ).filter(F.col("reason").isNotNull())
+                writes.append(Write(tables.QUARANTINE, quarantine_rows(rejected), {}))
             # A commit is partly driver-side waiting (timeline, listing, small
             # jobs): the tables are written side by side.
             with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
-                list(pool.map(lambda w: self._upsert(*w), writes))
+                list(pool.map(lambda w: self._commit(w, batch), writes))
         finally:
             for rows in parsed.values():
                 rows.unpersist()
         counts.update(
-            (route.table.name, good[route.kind])
+            (route.table.name, tally.good(route.kind))
             for route in parsed
-            if good.get(route.kind) and route.topic in self._lane.writes
+            if tally.good(route.kind) and route.topic in self._lane.writes
         )
-        rejected = sum(n for _, ok, n in tally if not ok)
-        counts["quarantined" if self._lane.quarantine else "rejected (for bronze)"] = rejected
+        counts["quarantined" if self._lane.quarantine else "rejected (for bronze)"] = (
+            tally.rejected()
+        )
         return counts
 
-    def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
-        in_pool(rows.sparkSession, self._lane.query)
-        upsert_batch(rows, table, self._settings.table_path(table.name))
+    def _good_rows(self, route: Route, rows: DataFrame, tally: Tally) -> DataFrame:
+        good = rows.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns)
+        if tally.repeats(route.kind):
+            # A key twice in one batch: the version the table's ordering prefers.
+            order = Window.partitionBy(*route.table.record_key).orderBy(
+                F.col(route.table.ordering).desc(), F.col("kafka_offset").desc()
+            )
+            good = (
+                good.withColumn("_n", F.row_number().over(order))
+                .filter(F.col("_n") == 1)
+                .drop("_n")
+            )
+        return good
+
+    def _commit(self, write: Write, batch: Batch) -> None:
+        assert self._ledger is not None
+        in_pool(write.rows.sparkSession, self._lane.query)
+        path = self._settings.table_path(write.table.name)
+        if self._ledger.committed(path, batch):
+            log.info(
+                "%s already holds batch %d of %s: skipped",
+                write.table.name,
+                batch.batch_id,
+                batch.query,
+            )
+            return
+        rows = write.rows
+        guard = self._guard(write.table, rows.sparkSession)
+        if guard is not None:
+            rows = guard.fresh(rows, write.bounds)
+        write_batch(rows, write.table, path, batch)
+        self._ledger.record(path, batch)
+        if guard is not None:
+            guard.advance(write.bounds)
+
+    def _guard(self, table: HudiTable, spark: SparkSession) -> SequenceGuard | None:
+        sequence = tables.SEQUENCE.get(table.name)
+        if sequence is None:
+            return None
+        if table.name not in self._guards:
+            path = self._settings.table_path(table.name)
+            self._guards[table.name] = SequenceGuard(spark, table, path, sequence)
+        return self._guards[table.name]
+
+
+@dataclass(frozen=True)
+class Write:
+    table: HudiTable
+    rows: DataFrame
+    bounds: Bounds
+
+
+class Tally:
+    """A batch's outcomes per route, good or not, date and symbol (the counting job's rows)."""
+
+    def __init__(self, rows: list[Row]):
+        self._rows = rows
+
+    def good(self, route: str) -> int:
+        return sum(r["n"] for r in self._rows if r["route"] == route and r["good"])
+
+    def rejected(self) -> int:
+        return sum(r["n"] for r in self._rows if not r["good"])
+
+    def repeats(self, route: str) -> bool:
+        """Whether some key of the route comes twice (a sequence counted more than once)."""
+        return any(
+            r["distinct"] < r["n"]
+            for r in self._rows
+            if r["route"] == route and r["good"] and r["low"] is not None
+        )
+
+    def bounds(self, route: str) -> dict[tuple[dt.date, str], tuple[int, int]]:
+        return {
+            (r["date"], r["symbol"]): (int(r["low"]), int(r["high"]))
+            for r in self._rows
+            if r["route"] == route and r["good"] and r["low"] is not None
+        }
+
+
+def _outcome(rows: DataFrame, route: Route | None) -> DataFrame:
+    """What the tally counts of a route's rows: route, reason, date, symbol, sequence."""
+    sequence = tables.SEQUENCE.get(route.table.name) if route else None
+    seq = (
+        sequence_value(sequence, rows.schema[sequence].dataType)
+        if sequence
+        else F.lit(None).cast("long")
+    )
+    name = F.lit(route.kind) if route else _route_name()
+    return rows.select(name.alias("route"), "reason", "date", "symbol", seq.alias("seq"))
 
 
 def _route_name() -> Column:

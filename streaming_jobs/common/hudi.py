@@ -1,31 +1,139 @@
-"""Hudi tables: each table's key, ordering and partitioning declared once, and the I/O.
+"""Hudi tables: each table's key, ordering, partitioning and write path declared once, and the I/O.
 
 A `HudiTable` is the single declaration of a table (record key, ordering
-field, partition columns, table type). Every write goes through
-`write_options()`, so the options that decide correctness (upsert by key,
-the ordering field that makes a replayed or late record resolve
-deterministically, hive-style partition paths) cannot drift between jobs.
+field, partition columns, and the `WritePath` its commits take). Every
+write goes through `write_batch()` and `write_options()`, so the options
+that decide correctness (the key, the ordering field that makes a
+replayed or late record resolve deterministically, the partition path)
+cannot drift between jobs.
+
+Exactly once: a streaming batch may be replayed after a crash (foreachBatch
+has none of the Hudi sink's batch-id skip). `write_batch` stamps each
+commit with the query and batch it came from (commit metadata, key
+BATCH_KEY), and `BatchLedger` skips a batch a table has already
+committed; on top of that an upsert is idempotent by key, and an insert
+drops duplicates within the batch.
 
 Traps this module exists to avoid (see ../shared/docs/stack.md):
 - The Hudi streaming sink turns every output mode but `append` into an
-  overwrite that deletes the table: jobs write through `foreachBatch` with
-  `upsert_batch`, which is idempotent by record key.
+  overwrite that deletes the table: jobs write through `foreachBatch`.
 - The ordering field is `hoodie.table.ordering.fields` from Hudi 1.1 on; the
   record with the larger ordering value wins whatever the arrival order.
+- Spark's default index is SIMPLE (a join with the keys of every base file
+  of the partitions a batch touches), whatever bloom options are set.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 
 HUDI_FORMAT = "hudi"
+# Commit metadata naming the streaming batch a commit holds: {"query", "run", "batch"}.
+# Hudi copies write options that start with "_" into the commit's metadata.
+BATCH_KEY = "_lakehouse_batch"
 log = logging.getLogger("hudi")
+
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WritePath:
+    """How a table's commits are written: chosen per table by measurement (make bench-write).
+
+    - operation: `bulk_insert` for rows that never change once published
+      (Spark's row writer straight to new files: no index lookup, no Avro
+      records, no rewrite of a file that holds older rows), `upsert` for
+      rows that do;
+    - index: how an upsert finds a key's file group (SIMPLE: join with the
+      partition's keys; BLOOM: bloom filters and key ranges in the files'
+      footers; BUCKET: a hash of the key);
+    - small_file_mb: base files under this size take a commit's new rows
+      (rewritten whole on copy-on-write); 0: every commit writes new files;
+    - cluster_every / sort_by: every N commits, rewrite the small files of
+      the table into large ones sorted by these columns (inline clustering),
+      so readers skip by the files' column statistics.
+    """
+
+    operation: Literal["bulk_insert", "insert", "upsert"] = "upsert"
+    table_type: Literal["COPY_ON_WRITE", "MERGE_ON_READ"] = "COPY_ON_WRITE"
+    index: Literal["SIMPLE", "BLOOM", "BUCKET"] = "SIMPLE"
+    buckets: int = 0
+    small_file_mb: int = 100
+    max_file_mb: int = 120
+    cluster_every: int = 0
+    cluster_small_file_mb: int = 64
+    sort_by: tuple[str, ...] = ()
+    compact_every: int = 0
+    parallelism: int = 0
+    # bulk_insert writes a file per input partition and date: one file a commit.
+    files_per_commit: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.index == "BUCKET") != (self.buckets > 0):
+            raise ValueError("a BUCKET index needs buckets > 0, and only it")
+        if (self.compact_every > 0) != (self.table_type == "MERGE_ON_READ"):
+            raise ValueError("compact_every applies to (and is needed by) MERGE_ON_READ")
+        if self.cluster_every and not self.sort_by:
+            raise ValueError("clustering needs the columns to sort by")
+
+    def options(self) -> dict[str, str]:
+        out = {
+            "hoodie.datasource.write.table.type": self.table_type,
+            "hoodie.datasource.write.operation": self.operation,
+            "hoodie.index.type": self.index,
+            "hoodie.parquet.small.file.limit": str(self.small_file_mb * _MB),
+            "hoodie.parquet.max.file.size": str(self.max_file_mb * _MB),
+        }
+        # An insert does not combine two copies of a key within a batch (Hudi's combine is a
+        # shuffle of every record, +0.5 s a commit in make bench-write): the writers drop
+        # repeats themselves, when their counts show any.
+        if self.operation == "bulk_insert":
+            out["hoodie.bulkinsert.sort.mode"] = "NONE"
+        if self.index == "BUCKET":
+            out["hoodie.bucket.index.num.buckets"] = str(self.buckets)
+        if self.table_type == "MERGE_ON_READ":
+            out["hoodie.compact.inline"] = "true"
+            out["hoodie.compact.inline.max.delta.commits"] = str(self.compact_every)
+        if self.cluster_every:
+            out.update(
+                {
+                    "hoodie.clustering.inline": "true",
+                    "hoodie.clustering.inline.max.commits": str(self.cluster_every),
+                    "hoodie.clustering.plan.strategy.small.file.limit": str(
+                        self.cluster_small_file_mb * _MB
+                    ),
+                    "hoodie.clustering.plan.strategy.target.file.max.bytes": str(
+                        self.max_file_mb * _MB
+                    ),
+                    "hoodie.clustering.plan.strategy.sort.columns": ",".join(self.sort_by),
+                }
+            )
+        if self.parallelism:
+            for key in _PARALLELISM_KEYS:
+                out[key] = str(self.parallelism)
+        return out
+
+
+# Sized for clusters by default (finalize 200, markers 100, clean 200): a task per
+# unit on 2 cores is overhead. 0 for the shuffles means "the input's partitions".
+_PARALLELISM_KEYS = (
+    "hoodie.upsert.shuffle.parallelism",
+    "hoodie.insert.shuffle.parallelism",
+    "hoodie.finalize.write.parallelism",
+    "hoodie.markers.delete.parallelism",
+    "hoodie.bloom.index.parallelism",
+    "hoodie.simple.index.parallelism",
+    "hoodie.clean.parallelism",
+    "hoodie.archive.delete.parallelism",
+)
 
 
 @dataclass(frozen=True)
@@ -35,14 +143,41 @@ class HudiTable:
     # The column that decides which version of a key wins (larger wins).
     ordering: str
     partition_by: tuple[str, ...] = ()
-    table_type: Literal["COPY_ON_WRITE", "MERGE_ON_READ"] = "COPY_ON_WRITE"
+    write: WritePath = field(default_factory=WritePath)
 
     def __post_init__(self) -> None:
         if not self.record_key:
             raise ValueError(f"table {self.name}: record_key must name at least one column")
 
+    @property
+    def table_type(self) -> str:
+        return self.write.table_type
 
-def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]:
+
+@dataclass(frozen=True)
+class Batch:
+    """The streaming batch a write holds: its query, the query's run of checkpoints, its id.
+
+    `run` is the query's id, kept in its checkpoint across restarts: a new
+    checkpoint numbers its batches from 0 again, and must not be skipped
+    for batch ids an older checkpoint committed.
+    """
+
+    query: str
+    run: str
+    batch_id: int
+
+    def stamp(self) -> str:
+        return json.dumps({"query": self.query, "run": self.run, "batch": self.batch_id})
+
+
+def current_batch(spark: SparkSession, query: str, batch_id: int) -> Batch:
+    """The Batch of a foreachBatch call (its thread carries the query's id)."""
+    run = spark.sparkContext.getLocalProperty("sql.streaming.queryId") or ""
+    return Batch(query, run, batch_id)
+
+
+def write_options(table: HudiTable, batch: Batch | None = None) -> dict[str, str]:
     """The Hudi writer options for one table; the only place they are assembled."""
     partitioned = bool(table.partition_by)
     key_generator = (
@@ -50,10 +185,8 @@ def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]
         if partitioned
         else "org.apache.hudi.keygen.NonpartitionedKeyGenerator"
     )
-    return {
+    options = {
         "hoodie.table.name": table.name,
-        "hoodie.datasource.write.table.type": table.table_type,
-        "hoodie.datasource.write.operation": operation,
         "hoodie.datasource.write.recordkey.field": ",".join(table.record_key),
         "hoodie.table.ordering.fields": table.ordering,
         "hoodie.datasource.write.partitionpath.field": ",".join(table.partition_by),
@@ -67,31 +200,161 @@ def write_options(table: HudiTable, operation: str = "upsert") -> dict[str, str]
         "hoodie.keep.min.commits": "60",
         "hoodie.keep.max.commits": "80",
         # The metadata table is the stack's documented fallback to turn off
-        # (../shared/docs/stack.md): it costs a second commit per write,
-        # 2.5 s -> 1.1 s per upsert of 10k rows on 2 cores (docs/BENCHMARKS.md),
-        # and the tables here are few partitions (symbol x day) to list.
+        # (../shared/docs/stack.md): it costs a second commit per write
+        # (make bench-write, `metadata`), and the tables here are few
+        # partitions (a date, or an interval and a period) to list.
         "hoodie.metadata.enable": "false",
         # Each datasource write otherwise starts (and stops) an embedded
         # timeline server for its markers and file views: a fixed cost that
-        # dominates a small streaming commit. Without it an upsert of 500
-        # trades took 0.61 s instead of 0.84 s (median of 22, local[2];
-        # docs/BENCHMARKS.md, "Where the time goes"). Markers are then files
-        # beside the data, a few per commit.
+        # dominates a small streaming commit (0.84 s -> 0.61 s for 500
+        # trades, median of 22, local[2], 2026-11-27). Markers are then
+        # files beside the data, a few per commit.
         "hoodie.embed.timeline.server": "false",
         "hoodie.write.markers.type": "DIRECT",
         # Every base file carries a bloom filter of its keys in its footer,
         # sized up front for num_entries keys: Hudi's 60,000 made a 2-row
-        # file 440 KB, 431 KB of it the filter (make bench's 2,000-symbol
-        # market: 2,000 such files per commit). The dynamic filter grows as
-        # keys come (up to hoodie.bloom.index.filter.dynamic.max.entries),
-        # so it starts at the size of a symbol-day's first batch.
+        # file 440 KB, 431 KB of it the filter. The dynamic filter grows as
+        # keys come (up to hoodie.bloom.index.filter.dynamic.max.entries).
         "hoodie.index.bloom.num_entries": "1000",
+        **table.write.options(),
     }
+    if batch is not None:
+        options[BATCH_KEY] = batch.stamp()
+    return options
+
+
+def write_batch(df: DataFrame, table: HudiTable, path: str, batch: Batch | None = None) -> None:
+    """One commit of `df` into the table, by its write path, stamped with its batch."""
+    if table.write.files_per_commit:
+        df = df.coalesce(table.write.files_per_commit)
+    (df.write.format(HUDI_FORMAT).options(**write_options(table, batch)).mode("append").save(path))
 
 
 def upsert_batch(df: DataFrame, table: HudiTable, path: str) -> None:
-    """Upsert a (micro-)batch by record key; replaying it changes nothing."""
-    (df.write.format(HUDI_FORMAT).options(**write_options(table)).mode("append").save(path))
+    """A write outside any streaming batch (tests, backfills): by the table's write path."""
+    write_batch(df, table, path)
+
+
+class BatchLedger:
+    """The last batch each table committed for a query run: read once from its timeline.
+
+    A table has one writer, so after the first read the ledger follows
+    the writes it is told of; a restarted driver reads the timelines again.
+    """
+
+    def __init__(self, spark: SparkSession):
+        self._spark = spark
+        self._last: dict[tuple[str, str, str], int] = {}
+
+    def committed(self, path: str, batch: Batch) -> bool:
+        """Whether the table at `path` already holds this batch (or a later one) of its run."""
+        key = (path, batch.query, batch.run)
+        if key not in self._last:
+            self._last[key] = last_committed_batch(self._spark, path, batch.query, batch.run)
+        return self._last[key] >= batch.batch_id
+
+    def record(self, path: str, batch: Batch) -> None:
+        key = (path, batch.query, batch.run)
+        self._last[key] = max(self._last.get(key, -1), batch.batch_id)
+
+
+def batch_stamps(spark: SparkSession, path: str) -> Iterator[str]:
+    """The batch stamps of the table's completed commits, newest first."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    conf = jvm.org.apache.hudi.storage.hadoop.HadoopStorageConfiguration(
+        spark.sparkContext._jsc.hadoopConfiguration()
+    )
+    meta = (
+        jvm.org.apache.hudi.common.table.HoodieTableMetaClient.builder()
+        .setConf(conf)
+        .setBasePath(path)
+        .build()
+    )
+    timeline = meta.getActiveTimeline().getCommitsTimeline().filterCompletedInstants()
+    instants = timeline.getReverseOrderedInstants().iterator()
+    while instants.hasNext():
+        instant = instants.next()
+        if str(instant.getAction()) not in ("commit", "deltacommit"):
+            continue  # clustering (replacecommit) carries no batch
+        stamp = timeline.readCommitMetadata(instant).getMetadata(BATCH_KEY)
+        if stamp:
+            yield str(stamp)
+
+
+def last_committed_batch(spark: SparkSession, path: str, query: str, run: str) -> int:
+    """The newest batch of (query, run) a completed commit of the table holds; -1 if none."""
+    if not table_exists(spark, path):
+        return -1
+    for stamp in batch_stamps(spark, path):
+        written = json.loads(stamp)
+        if written.get("query") == query and written.get("run") == run:
+            return int(written["batch"])
+    return -1
+
+
+# -- layout -----------------------------------------------------------------------------
+
+
+class LayoutError(RuntimeError):
+    """A table on disk is laid out otherwise than this version declares it."""
+
+
+def table_properties(spark: SparkSession, path: str) -> dict[str, str] | None:
+    """The table's .hoodie/hoodie.properties, or None where no table is."""
+    fs, root = _fs_path(spark, path)
+    props = root.suffix("/.hoodie/hoodie.properties")
+    if not fs.exists(props):
+        return None
+    stream = fs.open(props)
+    try:
+        reader = spark.sparkContext._jvm.java.util.Properties()  # type: ignore[union-attr]
+        reader.load(stream)
+    finally:
+        stream.close()
+    return {str(k): str(reader.getProperty(k)) for k in reader.stringPropertyNames()}
+
+
+def layout_differences(table: HudiTable, properties: dict[str, str]) -> list[str]:
+    """What of the declared layout the stored table does not have (empty: the same)."""
+    stored_partitions = tuple(
+        p.split(":", 1)[0]
+        for p in properties.get("hoodie.table.partition.fields", "").split(",")
+        if p
+    )
+    checks = (
+        ("partitioned by", stored_partitions, table.partition_by),
+        (
+            "keyed by",
+            tuple(properties.get("hoodie.table.recordkey.fields", "").split(",")),
+            table.record_key,
+        ),
+        ("of type", (properties.get("hoodie.table.type", ""),), (table.table_type,)),
+    )
+    return [
+        f"{what} {','.join(stored) or '(nothing)'}, not {','.join(declared) or '(nothing)'}"
+        for what, stored, declared in checks
+        if stored != declared
+    ]
+
+
+def check_layouts(spark: SparkSession, tables: dict[str, HudiTable]) -> None:
+    """Raise LayoutError naming every table (path -> declaration) stored in another layout."""
+    problems = []
+    for path, table in tables.items():
+        properties = table_properties(spark, path)
+        if properties is None:
+            continue
+        differences = layout_differences(table, properties)
+        if differences:
+            problems.append(f"{table.name} ({path}) is " + "; ".join(differences))
+    if problems:
+        raise LayoutError(
+            "tables written by an older layout:\n  "
+            + "\n  ".join(problems)
+            + "\nrewrite them with `./spark-submit.sh migrate` (docs/OPERATIONS.md, "
+            '"Migrating the lake"), then start again'
+        )
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame:

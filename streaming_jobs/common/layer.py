@@ -18,9 +18,11 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from streaming_jobs.common import metrics, s3
+from streaming_jobs.common.hudi import LayoutError, check_layouts
 from streaming_jobs.common.settings import Settings, load_settings
 
 Start = Callable[[SparkSession, Settings, bool], Any]
+EX_CONFIG = 78  # the supervisor does not restart a job that exits with it
 
 
 def run_layer(
@@ -49,6 +51,13 @@ def run_layer(
             logging.getLogger(layer).error("the lake's storage is unavailable: %s", err)
             return 69  # EX_UNAVAILABLE: the supervisor tries again with backoff
     spark = SparkSession.builder.getOrCreate()
+    from streaming_jobs.catalog import declared  # every layer checks every table it may meet
+
+    try:
+        check_layouts(spark, {settings.table_path(t.name): t for t in declared().values()})
+    except LayoutError as err:
+        logging.getLogger(layer).error("%s", err)
+        return EX_CONFIG
     if not args.once:  # before the queries start, so the listener sees them start
         metrics.serve(spark, layer, settings.services.host, settings.layer(layer).metrics_port)
     if prepare is not None:

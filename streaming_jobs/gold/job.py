@@ -31,13 +31,16 @@ from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types a
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
+from streaming_jobs.common.columns import any_of
 from streaming_jobs.common.hudi import (
+    Batch,
     HudiTable,
     await_table,
+    current_batch,
     read_stream,
     read_table,
     table_exists,
-    upsert_batch,
+    write_batch,
 )
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import INTERVAL_MS, Settings, duration_ms
@@ -117,9 +120,11 @@ class GoldBatch:
             s.name for s in settings.symbols if s.tier in self._gold.cross_asset_tiers
         )
         self._portfolio = settings.portfolio
+        self._batch: Batch | None = None
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self._batch = current_batch(self._spark, QUERY_NAME, batch_id)
         changed = (
             df.withColumn("open_ms", F.unix_millis("open_time"))
             .groupBy("symbol", "interval")
@@ -142,12 +147,15 @@ class GoldBatch:
             ],
             "symbol string, interval string, from_ms long, final_from_ms long, lo_ms long",
         )
-        # Literal filters on the partition columns let Hudi skip other series' files.
+        # Literal filters on the partition columns (interval, period) let Hudi skip
+        # other intervals' and periods' files.
+        since: dict[str, int] = {}
+        for r in changed:
+            since[r.interval] = min(since.get(r.interval, self._lookback(r)), self._lookback(r))
         context = (
             silver_bars.filter(
                 F.col("symbol").isin(sorted({r.symbol for r in changed}))
-                & F.col("interval").isin(sorted({r.interval for r in changed}))
-                & (F.col("open_ms") >= min(self._lookback(r) for r in changed))
+                & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
             )
             .join(F.broadcast(starts), ["symbol", "interval"])
             .filter(F.col("open_ms") >= F.col("lo_ms"))
@@ -155,7 +163,7 @@ class GoldBatch:
         )
         writes: list[tuple[HudiTable, DataFrame]] = [
             (tables.MARKET_SUMMARY, self._summary(context)),
-            *self._signals(context, sorted({r.symbol for r in changed})),
+            *self._signals(context, changed),
             *self._cross_asset(silver_bars, changed),
             *self._quality(context),
         ]
@@ -177,7 +185,7 @@ class GoldBatch:
         return earliest - bars * step
 
     def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
-        upsert_batch(rows, table, self._settings.table_path(table.name))
+        write_batch(rows, table, self._settings.table_path(table.name), self._batch)
 
     # -- per series -------------------------------------------------------------------
 
@@ -201,10 +209,16 @@ class GoldBatch:
                 ["symbol", "interval", "open_ms"],
             )
             .drop("open_ms")
+            .transform(silver.with_period)
             .transform(_stamped)
         )
 
-    def _signals(self, context: DataFrame, symbols: list[str]) -> list[tuple[HudiTable, DataFrame]]:
+    def _signals(self, context: DataFrame, changed: list[Any]) -> list[tuple[HudiTable, DataFrame]]:
+        symbols = sorted({r.symbol for r in changed})
+        since: dict[str, int] = {}
+        for r in changed:
+            if r.final_from_ms is not None:
+                since[r.interval] = min(since.get(r.interval, r.final_from_ms), r.final_from_ms)
         final = context.filter(F.col("is_final") & F.col("final_from_ms").isNotNull()).select(
             "symbol",
             "interval",
@@ -227,12 +241,15 @@ class GoldBatch:
             .localCheckpoint()
         )
         path = self._settings.table_path(tables.SIGNALS.name)
-        if table_exists(self._spark, path):
+        if since and table_exists(self._spark, path):
             # Events of recomputed bars that the new values no longer give.
             starts = context.select("symbol", "interval", "final_from_ms").distinct()
             gone = (
                 read_table(self._spark, path)
-                .filter(F.col("symbol").isin(symbols))  # the partition column: pruned
+                .filter(
+                    F.col("symbol").isin(symbols)
+                    & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
+                )
                 .withColumn("open_ms", F.unix_millis("open_time"))
                 .select(*events.columns)
                 .join(F.broadcast(starts), ["symbol", "interval"])
@@ -242,7 +259,12 @@ class GoldBatch:
                 .withColumn("retracted", F.lit(True))
             )
             events = events.unionByName(gone)
-        return [(tables.SIGNALS, events.drop("open_ms").transform(_stamped))]
+        return [
+            (
+                tables.SIGNALS,
+                events.drop("open_ms").transform(silver.with_period).transform(_stamped),
+            )
+        ]
 
     # -- across symbols -----------------------------------------------------------
 

@@ -30,12 +30,15 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
+from streaming_jobs.common.columns import any_of
 from streaming_jobs.common.hudi import (
+    Batch,
     await_table,
+    current_batch,
     read_stream,
     read_table,
     table_exists,
-    upsert_batch,
+    write_batch,
 )
 from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import INTERVAL_MS, Settings
@@ -60,6 +63,7 @@ BAR_OUTPUT = (
     "updated_ms",
     *ind.OUTPUTS,
     *ind.STATE,
+    "period",
 )
 
 # What series.update_symbol returns and the ripe bars join: series.ROW_COLUMNS.
@@ -86,23 +90,6 @@ _ROWS = T.StructType(
 assert tuple(f.name for f in _ROWS.fields) == series.ROW_COLUMNS
 
 
-def any_of(conditions: list[Column]) -> Column:
-    """The OR of `conditions` as a balanced tree.
-
-    A chain `a | b | c ...` nests one level per condition: a batch touching
-    the whole market's 2,000 symbols overflowed the JVM's stack while
-    Spark analysed it (make bench's 2,000-symbol run); the tree is
-    log2(n) deep.
-    """
-    if not conditions:
-        raise ValueError("any_of needs at least one condition")
-    level = list(conditions)
-    while len(level) > 1:
-        pairs = [a | b for a, b in zip(level[::2], level[1::2], strict=False)]
-        level = pairs + ([level[-1]] if len(level) % 2 else [])
-    return level[0]
-
-
 class SilverBatch:
     """The foreachBatch function over new bronze trade rows.
 
@@ -124,6 +111,7 @@ class SilverBatch:
         # Every stored bar ending at or before this has been judged final or
         # not (unknown after a start: the first batch looks at every bar).
         self._judged: int | None = None
+        self._batch: Batch | None = None
         self._load_state()
         self.late_trades = 0  # since this driver started; each batch logs its own
 
@@ -156,6 +144,7 @@ class SilverBatch:
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self._batch = current_batch(self._spark, QUERY_NAME, batch_id)
         trades = B.trade_rows(df, self._layer.bars_from)
         minute = B.floor_ms("time_ms", _MIN)
         # Trades whose bar was already final: corrected, and counted.
@@ -217,7 +206,7 @@ class SilverBatch:
         rows = self._table_rows(rows).localCheckpoint()
         n = rows.count()
         if n:
-            upsert_batch(rows, tables.OHLCV, self._path)
+            write_batch(rows, tables.OHLCV, self._path, self._batch)
         return n
 
     def _changed(
@@ -249,19 +238,29 @@ class SilverBatch:
         """
         if stored is None:
             return self._spark.createDataFrame([], _ROWS)
-        firsts = []
+        first_of = {}
         for symbol, (lo, _) in touched.items():
             last = self._last_1m.get(symbol)
             # Past the symbol's last bar, the fill starts right after it.
-            firsts += [F.lit(symbol), F.lit(last + _MIN if last is not None and last < lo else lo)]
-        first = F.element_at(F.create_map(*firsts), F.col("symbol"))
+            first_of[symbol] = last + _MIN if last is not None and last < lo else lo
+        first = F.element_at(
+            F.create_map(*[F.lit(x) for pair in first_of.items() for x in pair]), F.col("symbol")
+        )
         step = self._step()
         bound = first - F.pmod(first, step) - series.CONTEXT_STEPS * step
         bound = F.when(
             F.col("interval") == "1m", F.least(bound, first - F.pmod(first, F.lit(self._widest)))
         ).otherwise(bound)
+        # The same bounds as literals, per interval, for the partitions to prune on.
+        earliest = min(first_of.values())
+        since = {
+            name: series.floor(earliest, ms) - series.CONTEXT_STEPS * ms
+            for name, ms in self._intervals
+        }
+        since["1m"] = min(since["1m"], series.floor(earliest, self._widest))
+        pruned = any_of([tables.opening_since(name, ms) for name, ms in since.items()])
         return stored.filter(
-            F.col("symbol").isin(list(touched)) & (F.col("open_ms") >= bound)
+            pruned & F.col("symbol").isin(list(touched)) & (F.col("open_ms") >= bound)
         ).select(*series.ROW_COLUMNS)
 
     def _ripe(self, stored: DataFrame, touched: set[str], watermark: int) -> DataFrame:
@@ -275,8 +274,14 @@ class SilverBatch:
                 for s, last in self._last_1m.items()
                 if s not in touched and last + self._widest > self._judged
             ]
+            judged = self._judged
+            pruned = any_of(
+                [tables.opening_since(name, judged - ms + 1) for name, ms in self._intervals]
+            )
             ripe = ripe.filter(
-                F.col("symbol").isin(symbols or [""]) & (F.unix_millis("close_time") > self._judged)
+                pruned
+                & F.col("symbol").isin(symbols or [""])
+                & (F.unix_millis("close_time") > judged)
             )
         elif touched:
             ripe = ripe.filter(~F.col("symbol").isin(list(touched)))
@@ -305,18 +310,22 @@ class SilverBatch:
         """Rows of series.ROW_COLUMNS -> the table's columns."""
         step = self._step()
         now = F.current_timestamp()
-        return rows.select(
-            "*",
-            F.timestamp_millis("open_ms").alias("open_time"),
-            F.timestamp_millis(F.col("open_ms") + step - 1).alias("close_time"),
-            # A ratio, not a sum: float64 (decimal division would need more than 38 digits).
-            F.when(
-                F.col("volume") > 0,
-                F.col("quote_volume").cast("double") / F.col("volume").cast("double"),
-            ).alias("vwap"),
-            now.alias("updated_at"),
-            F.unix_millis(now).alias("updated_ms"),
-        ).select(*BAR_OUTPUT)
+        return (
+            rows.select(
+                "*",
+                F.timestamp_millis("open_ms").alias("open_time"),
+                F.timestamp_millis(F.col("open_ms") + step - 1).alias("close_time"),
+                # A ratio, not a sum: float64 (decimal division would need more than 38 digits).
+                F.when(
+                    F.col("volume") > 0,
+                    F.col("quote_volume").cast("double") / F.col("volume").cast("double"),
+                ).alias("vwap"),
+                now.alias("updated_at"),
+                F.unix_millis(now).alias("updated_ms"),
+            )
+            .transform(tables.with_period)
+            .select(*BAR_OUTPUT)
+        )
 
 
 def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:

@@ -5,12 +5,72 @@ the series (bar index, MACD's fast EMA, RSI's average gain and loss): a bar
 and the indicators computed up to it are written in one commit, so a reader
 never sees a bar with another version's indicators, and a restart finds its
 state where the bars are.
+
+Layout: partitioned by interval and a `period` of the bar's open time, never
+by symbol (a commit touching the whole market's 2,000 symbols would write
+12,000 partitions). The period is sized so that a partition of the whole
+market holds a few million bars at most (PERIOD_FORMATS): a batch's upserts
+look up keys in the current period's files only, and a reader of one symbol
+reads the partitions of the periods it wants and skips files and row groups
+by their symbol statistics.
 """
 
 from __future__ import annotations
 
-from streaming_jobs.common.hudi import HudiTable
+from pyspark.sql import Column, DataFrame, functions as F
+
+from streaming_jobs.common.hudi import HudiTable, WritePath
+from streaming_jobs.common.settings import INTERVAL_MS
+
+PARTITION = ("interval", "period")
+# The period of a bar by its interval's length: a UTC day below an hour, a month below
+# a day, a year from a day on (Spark date patterns, and the same for Python readers).
+PERIOD_FORMATS = ((3_600_000, "yyyy-MM-dd"), (86_400_000, "yyyy-MM"), (None, "yyyy"))
+_PY_FORMATS = {"yyyy-MM-dd": "%Y-%m-%d", "yyyy-MM": "%Y-%m", "yyyy": "%Y"}
+
+# Bars change (a bar's trades keep coming until it is final; a late trade corrects
+# it): upserts. The write path: docs/BENCHMARKS.md, "Hudi write paths".
+BARS = WritePath(operation="upsert", index="BLOOM")
 
 OHLCV = HudiTable(
-    "silver_ohlcv", ("symbol", "interval", "open_time"), "updated_ms", ("symbol", "interval")
+    "silver_ohlcv", ("symbol", "interval", "open_time"), "updated_ms", PARTITION, BARS
 )
+
+
+def period_format(interval: str) -> str:
+    step = INTERVAL_MS[interval]
+    for below, pattern in PERIOD_FORMATS:
+        if below is None or step < below:
+            return pattern
+    raise AssertionError("unreachable: the last format has no bound")
+
+
+def period(interval: Column, open_time: Column) -> Column:
+    """The period partition of a bar (interval, open time) as text, e.g. 2024-08-08."""
+    out = None
+    for name in INTERVAL_MS:
+        value = F.date_format(open_time, period_format(name))
+        out = F.when(interval == name, value) if out is None else out.when(interval == name, value)
+    assert out is not None
+    return out
+
+
+def with_period(df: DataFrame) -> DataFrame:
+    return df.withColumn("period", period(F.col("interval"), F.col("open_time")))
+
+
+def period_of(interval: str, open_ms: int) -> str:
+    """`period` for Python readers (the CLI): the same text Spark writes."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(open_ms / 1000, dt.UTC)
+    return when.strftime(_PY_FORMATS[period_format(interval)])
+
+
+def opening_since(interval: str, open_ms: int) -> Column:
+    """Bars of `interval` opening at or after open_ms, as a filter the partitions prune on."""
+    return (
+        (F.col("interval") == interval)
+        & (F.col("period") >= period_of(interval, open_ms))
+        & (F.unix_millis("open_time") >= open_ms)
+    )

@@ -74,7 +74,7 @@ def write_silver(
             F.lit(True).alias("is_final"),
             *[F.col(c).cast("double") for c in ind.OUTPUTS],
             F.unix_millis(F.current_timestamp()).alias("updated_ms"),
-        ),
+        ).transform(silver.with_period),
         silver.OHLCV,
         settings.table_path(silver.OHLCV.name),
     )

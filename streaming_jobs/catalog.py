@@ -1,0 +1,14 @@
+"""Every table of the lake, as its layer declares it: what the layers check at start
+(common/hudi.check_layouts) and what `./spark-submit.sh migrate` rewrites."""
+
+from __future__ import annotations
+
+from streaming_jobs.bronze import tables as bronze
+from streaming_jobs.common.hudi import HudiTable
+from streaming_jobs.gold import tables as gold
+from streaming_jobs.silver import tables as silver
+
+
+def declared() -> dict[str, HudiTable]:
+    tables = (*bronze.ALL, silver.OHLCV, *gold.ALL)
+    return {table.name: table for table in tables}
