@@ -38,7 +38,7 @@ from streaming_jobs.common.settings import (
 )
 from streaming_jobs.common.strict import ConfigError
 from streaming_jobs.gold import analytics
-from streaming_jobs.silver import indicators
+from streaming_jobs.silver import indicators, tables as silver_tables
 
 BARS = "silver_ohlcv"
 SIGNALS = "gold_signals"
@@ -83,18 +83,62 @@ def _naive(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def bars(settings: Settings, symbol: str, interval: str) -> list[dict[str, Any]]:
-    """Every bar of one series, oldest first."""
+def bars(
+    settings: Settings,
+    symbol: str,
+    interval: str,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One series' bars within [since, until), the last `limit` of them, oldest first.
+
+    The table is partitioned by interval and period (silver/tables.py): the
+    periods are read newest first, each filtered by symbol on the files'
+    statistics, until `limit` bars are found.
+    """
     if interval not in settings.pipeline.streaming.silver.intervals:
         known = ", ".join(settings.pipeline.streaming.silver.intervals)
         raise UsageError(f"interval {interval!r} is not built by silver (configured: {known})")
-    rows = lakefiles.latest_rows(settings, BARS, f"symbol={symbol}/interval={interval}")
-    if not rows:
+    periods = sorted(
+        (
+            p.split("/period=", 1)[1]
+            for p in lakefiles.partitions(settings, BARS)
+            if p.startswith(f"interval={interval}/period=")
+        ),
+        reverse=True,
+    )
+    if since:
+        first = silver_tables.period_of(interval, _epoch_ms(_utc(since)))
+        periods = [p for p in periods if p >= first]
+    if until:
+        last = silver_tables.period_of(interval, _epoch_ms(_utc(until)))
+        periods = [p for p in periods if p <= last]
+    rows: list[dict[str, Any]] = []
+    for period in periods:
+        filters = [("interval", "=", interval), ("period", "=", period), ("symbol", "=", symbol)]
+        rows = window(
+            sorted(lakefiles.latest_rows(settings, BARS, filters), key=_open_time) + rows,
+            since,
+            until,
+            None,
+        )
+        if limit and len(rows) >= limit:
+            break
+    if not rows and not (since or until):
         raise UsageError(
             f"no {interval} bars for {symbol} in {settings.table_path(BARS)} "
             "(not subscribed, or silver has not written them yet: see make status)"
         )
-    return sorted(rows, key=lambda r: _naive(r["open_time"]))
+    return rows[-limit:] if limit else rows
+
+
+def _open_time(row: dict[str, Any]) -> dt.datetime:
+    return _naive(row["open_time"])
+
+
+def _epoch_ms(when: dt.datetime) -> int:
+    return int(when.replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def window(
@@ -109,7 +153,8 @@ def window(
 
 
 def signals(settings: Settings, symbol: str, interval: str | None, retracted: bool) -> list[Any]:
-    rows = lakefiles.latest_rows(settings, SIGNALS, f"symbol={symbol}")
+    filters = [("symbol", "=", symbol)] + ([("interval", "=", interval)] if interval else [])
+    rows = lakefiles.latest_rows(settings, SIGNALS, filters)
     rows = [
         r
         for r in rows
@@ -124,8 +169,9 @@ def risk(settings: Settings, subject: str, windows: Sequence[str]) -> list[dict[
     for name in windows:
         rows = [
             r
-            for r in lakefiles.latest_rows(settings, RISK, f"window={name}")
-            if r["subject"] == subject
+            for r in lakefiles.latest_rows(
+                settings, RISK, [("window", "=", name), ("subject", "=", subject)]
+            )
         ]
         if rows:
             latest.append(max(rows, key=lambda r: _naive(r["as_of"])))
@@ -214,9 +260,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Any) -> int:
     if getattr(args, "symbol", None):
         args.symbol = check_symbol(args.symbol.upper())
     if args.command in ("bars", "indicators"):
-        rows = window(
-            bars(settings, args.symbol, args.interval), args.since, args.until, args.limit
-        )
+        rows = bars(settings, args.symbol, args.interval, args.since, args.until, args.limit)
         emit(rows, BAR_COLUMNS if args.command == "bars" else INDICATOR_COLUMNS)
     elif args.command == "signals":
         rows = window(
@@ -244,7 +288,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Any) -> int:
     elif args.command == "chart":
         from streaming_jobs.cli.chart import render_chart  # matplotlib only when charting
 
-        rows = window(bars(settings, args.symbol, args.interval), args.since, args.until, args.last)
+        rows = bars(settings, args.symbol, args.interval, args.since, args.until, args.last)
         target = args.out or Path(f"{args.symbol}-{args.interval}.png")
         title = f"{args.symbol} {args.interval} bars (silver_ohlcv)"
         render_chart(rows, target, title)

@@ -1,12 +1,14 @@
-"""Hudi COPY_ON_WRITE tables read from their files, without Spark.
+"""Hudi tables read without Spark: their timelines, current rows and sizes.
 
 For `make status`, the `lakehouse` CLI and the demo's report, which must
-answer in a second, not after a JVM starts: a table's completed commits are
-the `<requested>_<completed>.commit` files of its timeline, and its current
-rows are, per file group, the newest base file a completed commit wrote
-(older files are versions the cleaner has not removed yet). Works on both
-storage profiles (local files, or MinIO through the S3 API). Every table of
-this lake is COPY_ON_WRITE (streaming_jobs/*/tables.py); Spark's snapshot read
+answer in a second, not after a JVM starts. A table's completed commits are
+the `<requested>_<completed>.<action>` files of its timeline (read here
+from the listing). Its current rows come from hudi-rs (the `hudi` package,
+Apache Hudi's own reader in Rust): the latest file slice of every file group
+a completed commit left and no clustering replaced, merged with its log
+files on a merge-on-read table, filtered by partition and by the files'
+column statistics before any row is read. Works on both storage profiles
+(local files, or MinIO through the S3 API). Spark's snapshot read
 (`./spark-submit.sh sql`) is the reference these readers are tested against.
 """
 
@@ -21,17 +23,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from hudi import HudiReadOptions, HudiTableBuilder
 
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import Settings
 
 # Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
-# Base files: <file id>_<write token>_<instant>.parquet.
-_BASE_FILE = re.compile(r"([0-9a-f-]+-[0-9]+)_([0-9-]+)_([0-9]{17})\.parquet")
 _INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
-# Writes begun: <instant>.commit.requested, then <instant>.inflight (1.x names).
+# Writes begun: <instant>.commit.requested, then <instant>.inflight (1.x names); inline
+# clustering and compaction: <instant>.clustering|compaction.requested|inflight.
 _PENDING = re.compile(
-    r"(?:^|/)([0-9]{17})\.(?:inflight|(?:commit|deltacommit|replacecommit)\.(?:requested|inflight))$"
+    r"(?:^|/)([0-9]{17})\.(?:inflight|"
+    r"(?:commit|deltacommit|replacecommit|clustering|compaction)\.(?:requested|inflight))$"
 )
 
 
@@ -110,31 +113,50 @@ def last_commit(settings: Settings, table: str) -> dt.datetime | None:
     return dt.datetime.strptime(done[-1], "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
 
 
-def current_files(settings: Settings, table: str, partition: str = "") -> dict[str, int]:
-    """The base files holding a COPY_ON_WRITE table's current rows: path -> bytes.
-
-    Each file group's newest base file written by a completed commit holds
-    its current rows (older files are versions the cleaner has not removed).
-    """
-    root = settings.table_path(table) + (f"/{partition}" if partition else "")
-    done = completed_instants(settings, table)
-    newest: dict[str, tuple[str, str, int]] = {}
-    for name, size in Store(settings).sizes(root).items():
-        m = _BASE_FILE.fullmatch(name.rsplit("/", 1)[-1])
-        if m and m.group(3) in done and m.group(3) > newest.get(m.group(1), ("", "", 0))[0]:
-            newest[m.group(1)] = (m.group(3), name, size)
-    return {f"{root}/{name}": size for _instant, name, size in newest.values()}
+# A filter on a column: (name, "=" | "!=" | "<" | "<=" | ">" | ">=" | "IN", value as text).
+Filter = tuple[str, str, str]
 
 
-def latest_rows(settings: Settings, table: str, partition: str = "") -> list[dict[str, Any]]:
-    """The current rows of a COPY_ON_WRITE table (or one partition), read without Spark."""
-    store = Store(settings)
-    rows: list[dict[str, Any]] = []
-    for path in current_files(settings, table, partition):
-        # ParquetFile, not pq.read_table: the dataset API's thread pools abort
-        # the interpreter at exit ("terminate called without an active
-        # exception") with pyarrow 17 here, most runs.
-        rows.extend(pq.ParquetFile(io.BytesIO(store.read(path))).read().to_pylist())
+def _hudi_table(settings: Settings, table: str) -> Any:
+    uri = settings.table_path(table)
+    builder = HudiTableBuilder.from_base_uri(uri.replace("s3a://", "s3://").removeprefix("file://"))
+    if settings.storage_profile == "minio":
+        credentials = settings.s3_credentials()
+        for key, value in {
+            "aws_access_key_id": credentials.access_key,
+            "aws_secret_access_key": credentials.secret_key,
+            "aws_region": "us-east-1",
+            "aws_endpoint": settings.s3_endpoint,
+            "aws_allow_http": str(settings.s3_endpoint.startswith("http://")).lower(),
+        }.items():
+            builder = builder.with_storage_option(key, value)
+    return builder.build()
+
+
+def current_files(settings: Settings, table: str) -> dict[str, int]:
+    """The files holding a table's current rows (base and log files): path -> bytes."""
+    root = settings.table_path(table)
+    files = {}
+    for piece in _hudi_table(settings, table).get_file_slices():
+        folder = f"{root}/{piece.partition_path}" if piece.partition_path else root
+        files[f"{folder}/{piece.base_file_name}"] = piece.base_file_size
+        for name, size in zip(piece.log_file_names, piece.log_file_sizes, strict=True):
+            files[f"{folder}/{name}"] = size
+    return files
+
+
+def latest_rows(
+    settings: Settings,
+    table: str,
+    filters: list[Filter] | None = None,
+    columns: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The current rows of a table (those that pass `filters`), read without Spark."""
+    options = HudiReadOptions(filters=filters or [], projection=columns)
+    batches = _hudi_table(settings, table).read(options)
+    if not batches:
+        return []
+    rows: list[dict[str, Any]] = pa.Table.from_batches(batches).to_pylist()
     return rows
 
 
@@ -147,20 +169,29 @@ class TableStats:
 
 
 def table_stats(settings: Settings, table: str) -> TableStats:
-    """Row count from the Parquet footers of the current files (only their tails are read)."""
-    store = Store(settings)
+    """Rows from the Parquet footers of the current base files (only their tails are
+    read), or from the merged rows where a slice has log files."""
+    hudi_table = _hudi_table(settings, table)
+    pieces = hudi_table.get_file_slices()
     files = current_files(settings, table)
-    rows = 0
-    for path in files:
-        tail = store.read(path, tail=8)
-        footer = int.from_bytes(tail[:4], "little") + 8
-        rows += pq.read_metadata(pa.BufferReader(b"PAR1" + store.read(path, tail=footer))).num_rows
+    if any(p.log_file_names for p in pieces):
+        rows = sum(
+            b.num_rows for b in hudi_table.read(HudiReadOptions(projection=["_hoodie_record_key"]))
+        )
+    else:
+        store = Store(settings)
+        rows = 0
+        for path in files:
+            tail = store.read(path, tail=8)
+            footer = int.from_bytes(tail[:4], "little") + 8
+            meta = pq.read_metadata(pa.BufferReader(b"PAR1" + store.read(path, tail=footer)))
+            rows += meta.num_rows
     return TableStats(rows, len(files), sum(files.values()), last_commit(settings, table))
 
 
 def partitions(settings: Settings, table: str) -> list[str]:
-    names = Store(settings).list(settings.table_path(table))
-    return sorted({n.split("/", 1)[0] for n in names if "=" in n.split("/", 1)[0]})
+    """The table's partition paths that hold current files (e.g. interval=1m/period=2024-08-08)."""
+    return sorted({p.partition_path for p in _hudi_table(settings, table).get_file_slices()})
 
 
 def tables(settings: Settings) -> list[str]:

@@ -170,7 +170,8 @@ def data_quality(settings: Settings) -> tuple[str, list[dict[str, Any]]] | None:
         return None
     today = f"day={dt.datetime.now(dt.UTC).date().isoformat()}"
     day = today if today in days else days[-1]
-    return day.removeprefix("day="), latest_rows(settings, DATA_QUALITY, day)
+    when = day.removeprefix("day=")
+    return when, latest_rows(settings, DATA_QUALITY, [("day", "=", when)])
 
 
 GOLD_SOURCE = "silver_ohlcv"

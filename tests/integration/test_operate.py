@@ -108,7 +108,9 @@ def test_file_reader_equals_sparks_snapshot_read(demo: Demo, spark: Any) -> None
 
 def test_cli_bars_in_every_format(demo: Demo) -> None:
     rows = sorted(
-        lakefiles.latest_rows(demo.settings, "silver_ohlcv", "symbol=BTCUSDT/interval=1m"),
+        lakefiles.latest_rows(
+            demo.settings, "silver_ohlcv", [("symbol", "=", "BTCUSDT"), ("interval", "=", "1m")]
+        ),
         key=lambda r: r["open_time"],
     )
     as_json = lakehouse(demo, "bars", "BTCUSDT", "-i", "1m", "-n", "5", "-f", "json")
@@ -134,7 +136,9 @@ def test_cli_bars_in_every_format(demo: Demo) -> None:
 
 def test_cli_indicators_signals_risk_tables(demo: Demo) -> None:
     last = max(
-        lakefiles.latest_rows(demo.settings, "silver_ohlcv", "symbol=ETHUSDT/interval=1m"),
+        lakefiles.latest_rows(
+            demo.settings, "silver_ohlcv", [("symbol", "=", "ETHUSDT"), ("interval", "=", "1m")]
+        ),
         key=lambda r: r["open_time"],
     )
     got = json.loads(lakehouse(demo, "indicators", "ETHUSDT", "-n", "1", "-f", "json").stdout)
