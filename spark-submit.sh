@@ -3,6 +3,7 @@
 #
 #   ./spark-submit.sh bronze|silver|gold [args...]   long-running streaming query
 #   ./spark-submit.sh sql "SELECT ..."                query the lake, CSV on stdout
+#   ./spark-submit.sh migrate [--check]               rewrite tables of an older layout
 #
 # Passes the jars (jars/lib, as spark.jars), the project's code for the
 # executors (.build/streaming_jobs.zip as --py-files, rebuilt by `make pyfiles`
@@ -15,10 +16,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY="$ROOT/.venv/bin/python"
-LAYERS="bronze silver gold sql"
+LAYERS="bronze silver gold sql migrate"
 
 usage() {
-  echo "usage: $0 <bronze|silver|gold|sql> [args...]" >&2
+  echo "usage: $0 <bronze|silver|gold|sql|migrate> [args...]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage

@@ -29,7 +29,9 @@ JARS_DIR = PROJECT_ROOT / "jars" / "lib"
 SPARK_DEFAULTS = PROJECT_ROOT / "conf" / "spark-defaults.conf"
 LOG_CONFIG = PROJECT_ROOT / "conf" / "log4j2.properties"
 FAIR_POOLS = PROJECT_ROOT / "conf" / "fairscheduler.xml"
-APPS = ("bronze", "silver", "gold", "sql")
+APPS = ("bronze", "silver", "gold", "sql", "migrate")
+# One-shot apps: no Spark UI.
+ONE_SHOT = ("sql", "migrate")
 
 
 class MissingJarsError(RuntimeError):
@@ -78,8 +80,8 @@ def app_conf(settings: Settings, app: str) -> dict[str, str]:
     """What spark-submit.sh adds to spark-defaults.conf for one app."""
     if app not in APPS:
         raise ValueError(f"unknown app {app!r}; expected one of {', '.join(APPS)}")
-    if app == "sql":
-        ui = {"spark.ui.enabled": "false"}  # a one-shot query needs no UI
+    if app in ONE_SHOT:
+        ui = {"spark.ui.enabled": "false"}
     else:
         ui = {"spark.ui.port": str(settings.layer(app).ui_port)}
     return {
