@@ -286,12 +286,18 @@ class SilverSettings(LayerSettings):
     intervals: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
     # The bronze table bars are built from: `trades` or `agg_trades`.
     bars_from: str = "trades"
+    # Trade-less time at a symbol's live edge is complete once the exchange clock
+    # (the latest trade time of any symbol) is this far past it.
+    clock_grace: str = "2 seconds"
+    # Trade ids missing for this long on the exchange clock are given up: counted as
+    # lost, and the bars they span final (a late arrival still corrects them).
+    gap_timeout: str = "5 minutes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.watermark is None:
             raise ValueError(
-                "silver needs a watermark (how late a trade may be before its bar is final)"
+                "silver needs a watermark (how late a trade may arrive before it counts as late)"
             )
         unknown = [i for i in self.intervals if i not in INTERVAL_MS]
         if unknown:
@@ -304,11 +310,21 @@ class SilverSettings(LayerSettings):
             raise ValueError("intervals must start with 1m and list each interval once")
         if self.bars_from not in ("trades", "agg_trades"):
             raise ValueError(f"bars_from must be trades or agg_trades, got {self.bars_from!r}")
+        _check_duration(self.clock_grace, "clock_grace")
+        _check_duration(self.gap_timeout, "gap_timeout")
 
     @property
     def watermark_ms(self) -> int:
         assert self.watermark is not None
         return duration_ms(self.watermark)
+
+    @property
+    def clock_grace_ms(self) -> int:
+        return duration_ms(self.clock_grace)
+
+    @property
+    def gap_timeout_ms(self) -> int:
+        return duration_ms(self.gap_timeout)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Silver: OHLCV bars equal to Binance's klines, and indicators equal to TA-Lib.
 
 `./spark-submit.sh silver` runs `main` (job.py); bars.py (Spark: trades ->
-1m bars), series.py (pandas: one symbol's fills, roll-ups, indicators and
-finality) and indicators.py are the pure transforms it applies.
+1m bars), live.py (each symbol's running bars, indicator state and trade
+sequence, advanced by each batch), series.py (pandas: one symbol's fills,
+roll-ups, indicators and finality over stored bars, the general path) and
+indicators.py are the pure transforms it applies.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ and the stored bars around them, and gets back every row to upsert:
 - `with_indicators`: an interval's changed bars and every later stored bar,
   continued from the indicator state of the stored bar before them
   (streaming_jobs/silver/indicators.py);
-- `update_symbol`: the three above, then finality against the watermark.
+- `update_symbol`: the three above, then finality against a watermark (the job passes
+  the end of what the exchange's trade sequence shows complete, silver/live.py).
 
 Money is `decimal.Decimal` throughout (Arrow's decimals as pandas hands
 them), summed in a context wide enough that no sum of table values can

@@ -116,7 +116,7 @@ def write_backlog(spark: SparkSession, path: str, loops: int) -> int:
         .withColumn("ingest_time", F.current_timestamp())
         .withColumn("date", F.to_date("trade_time"))
     )
-    options = write_options(bronze.TRADES, operation="bulk_insert")
+    options = {**write_options(bronze.TRADES), "hoodie.datasource.write.operation": "bulk_insert"}
     trades.write.format(HUDI_FORMAT).options(**options).mode("append").save(path)
     return len(rows) * loops
 

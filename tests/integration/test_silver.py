@@ -223,12 +223,16 @@ def test_the_oracle_agrees(spark: Any, xrpeth: Settings, tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_bars_behind_the_watermark_are_final(spark: Any, xrpeth: Settings) -> None:
-    bars = silver_rows(spark, xrpeth, "1m")
+def test_bars_are_final_once_a_later_trade_shows_them_complete(
+    spark: Any, xrpeth: Settings
+) -> None:
+    """Finality from the exchange's sequence: every minute that ended before the last trade
+    (no id missing below it once the held trades came) is final, the last trade's is not."""
     last_trade_ms = max(int(r[5]) for r in read_agg_trades())
-    watermark = last_trade_ms - 10_000
-    assert all(b.is_final == (b.open_ms + 59_999 <= watermark) for b in bars)
-    assert not bars[-1].is_final
+    for interval, step in (("1m", 60_000), ("1h", 3_600_000)):
+        bars = silver_rows(spark, xrpeth, interval)
+        assert all(b.is_final == (b.open_ms + step - 1 < last_trade_ms) for b in bars), interval
+        assert not bars[-1].is_final
 
 
 def test_xrpeth_through_the_whole_stack(
