@@ -45,8 +45,9 @@ def floor_ms(ms: Column | str, interval_ms: int) -> Column:
     return col - F.pmod(col, F.lit(interval_ms))
 
 
-def minute_bars(trades: DataFrame) -> DataFrame:
-    """trade_rows -> one real 1m bar per (symbol, minute) with trades."""
+def minute_bars(trades: DataFrame, with_times: bool = False) -> DataFrame:
+    """trade_rows -> one real 1m bar per (symbol, minute) with trades; `with_times` adds the
+    exchange times of its first and last trade (first_ms, last_ms)."""
     quote = F.col("price") * F.col("qty")
     bars = trades.groupBy("symbol", floor_ms("time_ms", MINUTE_MS).alias("open_ms")).agg(
         # Ids order trades within a millisecond; the first and last trade
@@ -62,5 +63,8 @@ def minute_bars(trades: DataFrame) -> DataFrame:
         F.sum(F.when(F.col("taker_buy"), quote).otherwise(F.lit(0))).alias("taker_buy_quote"),
         F.min("first_id").alias("first_trade_id"),
         F.max("last_id").alias("last_trade_id"),
+        F.min("time_ms").alias("first_ms"),
+        F.max("time_ms").alias("last_ms"),
     )
-    return bars.withColumn("is_filled", F.lit(False)).select(*BAR_COLUMNS)
+    times = ["first_ms", "last_ms"] if with_times else []
+    return bars.withColumn("is_filled", F.lit(False)).select(*BAR_COLUMNS, *times)

@@ -135,8 +135,13 @@ class SilverBatch:
             return
         trades = B.trade_rows(df, self._layer.bars_from).persist()
         try:
-            minutes = _by_symbol(B.minute_bars(trades).collect(), _bar)
-            runs = _by_symbol(id_runs(trades).collect(), _run)
+            # One job in the common case: each minute's ids are consecutive, and its runs
+            # follow from the minutes; otherwise a second job finds them trade by trade.
+            summary = B.minute_bars(trades, with_times=True).collect()
+            runs = minute_runs(summary)
+            if runs is None:
+                runs = _by_symbol(id_runs(trades).collect(), _run)
+            minutes = _by_symbol(summary, _bar)
         finally:
             trades.unpersist()
         latest = [r.last_ms for rs in runs.values() for r in rs]
@@ -222,9 +227,13 @@ class SilverBatch:
         out = parts[0]
         for frame in parts[1:]:
             out = out.unionByName(frame)
-        # Materialized once: Hudi's upsert reads its input more than once.
-        out = self._table_rows(out).localCheckpoint()
-        n = out.count()
+        out = self._table_rows(out)
+        if general:
+            # Materialized once: Hudi's upsert reads its input more than once.
+            out = out.localCheckpoint()
+            n = out.count()
+        else:
+            n = len(rows)  # local rows: cheap to read again
         if n:
             write_batch(out, tables.OHLCV, self._path, self._batch)
         return n
@@ -456,7 +465,9 @@ class SilverBatch:
     def _table_rows(self, rows: DataFrame) -> DataFrame:
         """Rows of series.ROW_COLUMNS -> the table's columns."""
         step = self._step()
-        now = F.current_timestamp()
+        # The batch's one write time, fixed on the driver: the ordering field must not
+        # change if Hudi computes the rows again.
+        now_ms = F.lit(int(time.time() * 1000)).cast("long")
         return (
             rows.select(
                 "*",
@@ -467,8 +478,8 @@ class SilverBatch:
                     F.col("volume") > 0,
                     F.col("quote_volume").cast("double") / F.col("volume").cast("double"),
                 ).alias("vwap"),
-                now.alias("updated_at"),
-                F.unix_millis(now).alias("updated_ms"),
+                F.timestamp_millis(now_ms).alias("updated_at"),
+                now_ms.alias("updated_ms"),
             )
             .transform(tables.with_period)
             .select(*BAR_OUTPUT)
@@ -495,6 +506,25 @@ def id_runs(trades: DataFrame) -> DataFrame:
         F.min("time_ms").alias("first_ms"),
         F.max("time_ms").alias("last_ms"),
     )
+
+
+def minute_runs(summary: list[Row]) -> dict[str, list[live.Run]] | None:
+    """The runs of consecutive ids from per-minute aggregates (with times), or None when
+    some minute's ids are not consecutive (a gap or a repeat inside it)."""
+    out: dict[str, list[live.Run]] = {}
+    for row in sorted(summary, key=lambda r: (r["symbol"], r["first_trade_id"])):
+        first, last = int(row["first_trade_id"]), int(row["last_trade_id"])
+        if last - first + 1 != int(row["trade_count"]):
+            return None
+        runs = out.setdefault(row["symbol"], [])
+        run = live.Run(first, last, int(row["first_ms"]), int(row["last_ms"]))
+        if runs and runs[-1].last + 1 == first:
+            runs[-1] = live.Run(runs[-1].first, last, runs[-1].first_ms, run.last_ms)
+        elif runs and first <= runs[-1].last:
+            return None  # minutes overlapping in ids: a repeat
+        else:
+            runs.append(run)
+    return out
 
 
 def _by_symbol(rows: Iterable[Row], make: Any) -> dict[str, list[Any]]:
