@@ -344,9 +344,13 @@ class GoldSettings(LayerSettings):
     # `anomaly_window` bars exceeds `anomaly_z`.
     anomaly_window: int = 60
     anomaly_z: float = 4.0
+    # gold_data_quality counts a (symbol, day) from all of its trades: recomputed at most
+    # this often while the query runs (every batch with --once), not in every batch.
+    quality_every: str = "5 minutes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_duration(self.quality_every, "quality_every")
         if self.vol_window < 2 or self.anomaly_window < 2:
             raise ValueError("vol_window and anomaly_window need at least 2 bars")
         if not self.cross_asset_tiers or not set(self.cross_asset_tiers) <= {1, 2, 3}:

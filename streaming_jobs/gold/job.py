@@ -110,10 +110,14 @@ def _series_signals(pdf: pd.DataFrame, anomaly_window: int, anomaly_z: float) ->
 class GoldBatch:
     """The foreachBatch function over changed silver bars."""
 
-    def __init__(self, spark: SparkSession, settings: Settings):
+    def __init__(self, spark: SparkSession, settings: Settings, once: bool = False):
         self._spark = spark
         self._settings = settings
         self._gold = settings.pipeline.streaming.gold
+        # Days whose quality rows are due, and when they were last counted.
+        self._quality_due: set[tuple[str, Any]] = set()
+        self._quality_at = float("-inf")
+        self._quality_every_s = 0.0 if once else duration_ms(self._gold.quality_every) / 1000
         self._silver_path = settings.table_path(silver.OHLCV.name)
         # The symbols correlations and per-symbol risk cover (GoldSettings.cross_asset_tiers).
         self._cross_symbols = sorted(
@@ -204,7 +208,15 @@ class GoldBatch:
         return (
             values.join(
                 context.select(
-                    "symbol", "interval", "open_ms", "open_time", "close_time", "close", "is_final"
+                    "symbol",
+                    "interval",
+                    "open_ms",
+                    "open_time",
+                    "close_time",
+                    "close",
+                    "is_final",
+                    # The version of the bar it was computed from (silver's updated_ms).
+                    F.col("updated_ms").alias("bar_updated_ms"),
                 ),
                 ["symbol", "interval", "open_ms"],
             )
@@ -331,15 +343,26 @@ class GoldBatch:
     # -- data quality ---------------------------------------------------------------
 
     def _quality(self, context: DataFrame) -> list[tuple[HudiTable, DataFrame]]:
-        days = (
+        """The (symbol, day) rows of the days this batch touched, and of those touched since
+        the last time they were counted: at most every quality_every (a day's count reads
+        all of its trades)."""
+        touched = (
             context.filter((F.col("interval") == "1m") & (F.col("open_ms") >= F.col("from_ms")))
             .select("symbol", F.to_date("open_time").alias("date"))
             .distinct()
-            .localCheckpoint()
+            .collect()
         )
+        self._quality_due.update((r.symbol, r.date) for r in touched)
         trades_path = self._settings.table_path(bronze.TRADES.name)
-        if not days.take(1) or not table_exists(self._spark, trades_path):
+        now = time.monotonic()
+        if not self._quality_due or now - self._quality_at < self._quality_every_s:
             return []
+        if not table_exists(self._spark, trades_path):
+            return []
+        pairs = sorted(self._quality_due)
+        self._quality_due.clear()
+        self._quality_at = now
+        days = self._spark.createDataFrame(pairs, "symbol string, date date")
         # Quarantined frames without a symbol get a row of their own per day.
         days = days.unionByName(
             days.select(F.lit(UNKNOWN_SYMBOL).alias("symbol"), "date").distinct()
@@ -481,7 +504,7 @@ def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:
     writer = (
         read_stream(spark, settings.table_path(silver.OHLCV.name))
         .writeStream.queryName(QUERY_NAME)
-        .foreachBatch(GoldBatch(spark, settings))
+        .foreachBatch(GoldBatch(spark, settings, once))
         .option("checkpointLocation", settings.checkpoint_path(QUERY_NAME))
     )
     trigger = {"availableNow": True} if once else {"processingTime": layer.trigger}
