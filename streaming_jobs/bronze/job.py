@@ -11,16 +11,19 @@ live under the storage profile (local disk or MinIO).
 
 Two queries share the driver (Settings.bronze_queries): `bronze_fast` reads
 the fast lane's topics (trades, aggTrades) on a short trigger and writes
-their tables; `bronze` reads every topic on the longer trigger, writes the
-other tables and the quarantine rows of all. A trade thus waits for one
-commit, not for the depth and ticker commits of its batch, and every table
-still has exactly one writer.
+their tables; `bronze` reads every other topic on the longer trigger and
+writes the other tables. Each parses only its own records and writes their
+quarantine rows, so a trade waits for one commit, not for the depth and
+ticker commits of its batch. `bronze_quarantine` is the one table both
+write: its commits take turns (QUARANTINE_TURN), so to Hudi it has one
+writer, whose commits never overlap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +75,6 @@ class Lane:
     query: str
     reads: tuple[str, ...]
     writes: frozenset[str]
-    quarantine: bool
     trigger: str
 
 
@@ -80,10 +82,15 @@ def lanes(settings: Settings) -> list[Lane]:
     bronze = settings.pipeline.streaming.bronze
     queries = settings.bronze_queries()
     fast = frozenset(bronze.fast_lane)
-    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, True, bronze.trigger)]
+    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger)]
     if fast:
-        out.append(Lane("bronze_fast", queries["bronze_fast"], fast, False, bronze.fast_trigger))
+        out.append(Lane("bronze_fast", queries["bronze_fast"], fast, bronze.fast_trigger))
     return out
+
+
+# Both lanes write bronze_quarantine from one driver: one commit at a time, so a
+# commit never finds another's in flight (which Hudi would roll back as failed).
+QUARANTINE_TURN = threading.Lock()
 
 
 def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], DataFrame]:
@@ -225,7 +232,7 @@ class BronzeBatch:
 
     def __init__(self, settings: Settings, lane: Lane | None = None):
         self._settings = settings
-        self._lane = lane or Lane("bronze", (), _WRITTEN, True, "")
+        self._lane = lane or Lane("bronze", (), _WRITTEN, "")
         topics = settings.pipeline.kafka.topics
         self._envelope = tf.with_envelope({spec.name: kind for kind, spec in topics.items()})
         self._ledger: BatchLedger | None = None
@@ -252,15 +259,13 @@ class BronzeBatch:
         )
 
     def _write(self, enveloped: DataFrame, batch: Batch) -> dict[str, int]:
-        present: dict[str | None, int] = dict(enveloped.groupBy(_route_name()).count().collect())
-        counts = {"input": sum(present.values())}
-        if counts["input"] == 0:
-            return counts
         envelope_only = enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))
         outcomes = [_outcome(envelope_only.withColumn("date", F.lit(None).cast("date")), None)]
         parsed = {}
+        # Every route of the lane's topics (a route with no records costs an empty task,
+        # less than a job to ask which are there).
         for route in ROUTES:
-            if present.get(route.kind):
+            if route.topic in self._lane.reads or not self._lane.reads:
                 parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
                 outcomes.append(_outcome(parsed[route], route))
         try:
@@ -277,12 +282,13 @@ class BronzeBatch:
                 )
                 .collect()
             )
+            counts = {"input": tally.total()}
             writes = [
                 Write(route.table, self._good_rows(route, rows, tally), tally.bounds(route.kind))
                 for route, rows in parsed.items()
                 if tally.good(route.kind) and route.topic in self._lane.writes
             ]
-            if self._lane.quarantine and tally.rejected():
+            if tally.rejected():
                 rejected = _union(
                     [envelope_only, *[rows.select(*enveloped.columns) for rows in parsed.values()]]
                 ).filter(F.col("reason").isNotNull())
@@ -299,9 +305,7 @@ class BronzeBatch:
             for route in parsed
             if tally.good(route.kind) and route.topic in self._lane.writes
         )
-        counts["quarantined" if self._lane.quarantine else "rejected (for bronze)"] = (
-            tally.rejected()
-        )
+        counts["quarantined"] = tally.rejected()
         return counts
 
     def _good_rows(self, route: Route, rows: DataFrame, tally: Tally) -> DataFrame:
@@ -334,7 +338,11 @@ class BronzeBatch:
         guard = self._guard(write.table, rows.sparkSession)
         if guard is not None:
             rows = guard.fresh(rows, write.bounds)
-        write_batch(rows, write.table, path, batch)
+        if write.table is tables.QUARANTINE:
+            with QUARANTINE_TURN:
+                write_batch(rows, write.table, path, batch)
+        else:
+            write_batch(rows, write.table, path, batch)
         self._ledger.record(path, batch)
         if guard is not None:
             guard.advance(write.bounds)
@@ -361,6 +369,9 @@ class Tally:
 
     def __init__(self, rows: list[Row]):
         self._rows = rows
+
+    def total(self) -> int:
+        return sum(r["n"] for r in self._rows)
 
     def good(self, route: str) -> int:
         return sum(r["n"] for r in self._rows if r["route"] == route and r["good"])

@@ -344,13 +344,15 @@ class GoldSettings(LayerSettings):
     # `anomaly_window` bars exceeds `anomaly_z`.
     anomaly_window: int = 60
     anomaly_z: float = 4.0
-    # gold_data_quality counts a (symbol, day) from all of its trades: recomputed at most
-    # this often while the query runs (every batch with --once), not in every batch.
-    quality_every: str = "5 minutes"
+    # gold_data_quality counts a (symbol, day) from all of its trades. None: in every
+    # batch that touches the day; a duration: at most this often while the query runs
+    # (every batch with --once), its rows up to that long behind the last batch.
+    quality_every: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_duration(self.quality_every, "quality_every")
+        if self.quality_every is not None:
+            _check_duration(self.quality_every, "quality_every")
         if self.vol_window < 2 or self.anomaly_window < 2:
             raise ValueError("vol_window and anomaly_window need at least 2 bars")
         if not self.cross_asset_tiers or not set(self.cross_asset_tiers) <= {1, 2, 3}:
@@ -595,12 +597,13 @@ class Settings:
     def bronze_queries(self) -> dict[str, tuple[str, ...]]:
         """Bronze's queries, each with the stream types whose topics it reads.
 
-        `bronze` reads every topic: it writes every table outside the fast
-        lane, and the quarantine rows of all of them, so each table has one
-        writer. `bronze_fast` writes the fast lane's tables.
+        `bronze_fast` reads the fast lane's topics, `bronze` every other one
+        (the producer's quarantine topic included); each writes its topics'
+        tables and the quarantine rows of its own records.
         """
         fast = self.pipeline.streaming.bronze.fast_lane
-        return {"bronze": TOPIC_KEYS, **({"bronze_fast": fast} if fast else {})}
+        rest = tuple(k for k in TOPIC_KEYS if k not in fast)
+        return {"bronze": rest, **({"bronze_fast": fast} if fast else {})}
 
     def layer(self, name: str) -> LayerSettings:
         if name not in LAYERS:

@@ -117,7 +117,8 @@ class GoldBatch:
         # Days whose quality rows are due, and when they were last counted.
         self._quality_due: set[tuple[str, Any]] = set()
         self._quality_at = float("-inf")
-        self._quality_every_s = 0.0 if once else duration_ms(self._gold.quality_every) / 1000
+        every = self._gold.quality_every
+        self._quality_every_s = 0.0 if once or every is None else duration_ms(every) / 1000
         self._silver_path = settings.table_path(silver.OHLCV.name)
         # The symbols correlations and per-symbol risk cover (GoldSettings.cross_asset_tiers).
         self._cross_symbols = sorted(

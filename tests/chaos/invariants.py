@@ -48,6 +48,7 @@ WRITE_COLUMNS = {
     "_hoodie_file_name",
     "updated_ms",
     "updated_at",
+    "bar_updated_ms",  # when the gold row's silver bar was written
 }
 # Figures about the faults themselves, which a clean run cannot have.
 FAULT_COLUMNS = {
