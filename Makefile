@@ -15,9 +15,10 @@
 #   make lint      ruff + mypy
 #   make chaos     the chaos suite: every fault ROUNDS times (default 10) on a stack of its own,
 #                  then a clean run, then the invariants; writes docs/RELIABILITY.md (SEED, SPEED)
-#   make bench     benchmarks against their peers, results in docs/BENCHMARKS.md
-#   make bench-write   Hudi write paths per commit, one factor at a time (part of make bench)
-#                  (bench-quick: about 4.5 min, results in .state/bench-quick/)
+#   make bench     benchmarks against their peers, results in docs/BENCHMARKS.md: the targets
+#                  bench-live, bench-cpu, bench-bronze, bench-write, bench-market, bench-silver,
+#                  bench-producer (each at most 45 min); bench-quick: results in .state/bench-quick/
+#   make soak      2 h 15 min of the whole stack at 1,000 trades/s (alone on the machine)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -36,7 +37,8 @@ TEST_STATE_DIR ?= $(STATE_DIR)/test
 PYTEST_ARGS ?=
 export STATE_DIR
 
-.PHONY: help setup up demo where down status test chaos bench bench-quick bench-write lint jars-streamer \
+.PHONY: help setup up demo where down status test chaos bench bench-quick bench-write bench-live \
+	bench-cpu bench-bronze bench-market bench-silver bench-producer soak lint jars-streamer \
 	clean-state pyfiles cluster-up cluster-down
 
 help:
@@ -131,15 +133,47 @@ ROUNDS ?= 10
 chaos: setup
 	$(PY) -m tests.chaos --seed $(SEED) --rounds $(ROUNDS) --speed $(or $(SPEED),1) $(if $(FAULTS),--faults $(FAULTS))
 
-bench: setup
-	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
+# `make bench`: every benchmark target below but the soak, one after the other; each
+# writes docs/bench/<name>.json and regenerates docs/BENCHMARKS.md from all of them.
+# Each target takes at most 45 minutes on 2 cores, with its peers in the same target.
+bench: bench-live bench-cpu bench-bronze bench-write bench-market bench-silver bench-producer
+
+# The whole stack at 1,000 trades/s (20 symbols): freshness, trade -> gold row, CPU, batches;
+# then the same on MinIO (about 30 min).
+bench-live: setup
+	$(PY) -m tests.bench.live_bench --minutes 12
+	$(PY) -m tests.bench.live_bench --minutes 12 --storage minio
+
+# CPU of every process of the stack while `make demo`'s capture plays at real speed:
+# 120 s after a 90 s warm-up (about 6 min).
+bench-cpu: setup
+	$(PY) -m tests.bench.live_bench --capture demo --minutes 3.5 --warmup-s 90 --no-sampler
+
+# Bronze against a plain Kafka -> Parquet query: backlog throughput, latency at 1k and 10k
+# frames/s (about 25 min).
+bench-bronze: setup
 	$(PY) -m tests.bench.bronze_bench --loops 2 --reps 2 --rates 1000,10000 --seconds 60
-	$(PY) -m tests.bench.silver_bench --loops 88 --freshness-s 360 --warmup-s 120
+
+# Hudi's write paths one factor at a time, at 2, 200 and 2,000 symbols (about 40 min).
+bench-write: setup
+	$(PY) -m tests.bench.write_paths --commits 7
+
+# The whole spot market: 2,000 symbols through the whole stack, then a 5x burst (about 30 min).
+bench-market: setup
 	$(PY) -m tests.bench.market_bench --symbols 2000 --minutes 10 --burst-minutes 5
 
-# Hudi's write paths one factor at a time, at 2, 200 and 2,000 symbols (docs/BENCHMARKS.md).
-bench-write: setup
-	$(PY) -m tests.bench.write_paths
+# Silver's backfill of 3 million trades against Spark's plain 1m query and DuckDB (about 5 min).
+bench-silver: setup
+	$(PY) -m tests.bench.silver_bench --loops 88
+
+# The producer against a bare kafka-python loop (about 10 min).
+bench-producer: setup
+	$(PY) -m tests.bench.producer_bench --loops 4 --reps 3
+
+# Hours at 1,000 trades/s with every layer running: batch durations must not creep
+# (2 h 15 min; run it on its own, nothing else on the machine).
+soak: setup
+	$(PY) -m tests.bench.live_bench --minutes 135 --warmup-s 900 --soak --no-sampler
 
 # A smaller pass of the same benchmarks; its figures go to .state/bench-quick/,
 # never over the full run's in docs/.
@@ -147,7 +181,8 @@ bench-quick: export BENCH_RESULTS_DIR = $(STATE_DIR)/bench-quick
 bench-quick: setup
 	$(PY) -m tests.bench.producer_bench --loops 1 --reps 1
 	$(PY) -m tests.bench.bronze_bench --loops 1 --reps 1 --rates 1000 --seconds 15
-	$(PY) -m tests.bench.silver_bench --loops 10 --freshness-s 0
+	$(PY) -m tests.bench.silver_bench --loops 10
+	$(PY) -m tests.bench.live_bench --minutes 4 --warmup-s 60
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check producer streaming_jobs tests infra

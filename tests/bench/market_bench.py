@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -45,7 +47,7 @@ import yaml
 from pyspark.sql import SparkSession, functions as F
 
 from streaming_jobs.common import lakefiles, progress
-from streaming_jobs.common.hudi import read_table, table_exists
+from streaming_jobs.common.hudi import HudiTable, read_table, table_exists, write_options
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings
 from streaming_jobs.silver import tables as silver_tables
 from tests.bench import market
@@ -80,9 +82,9 @@ def log(line: str) -> None:
     print(f"{dt.datetime.now(dt.UTC):%H:%M:%S} {line}", flush=True)
 
 
-def market_conf(base: Path, dest: Path, name: str, symbols: int) -> Path:
+def market_conf(base: Path, dest: Path, name: str, symbols: int, storage: str = "local") -> Path:
     """The bench's conf: `symbols` symbols with trade and kline_1m, a few of them tier 1."""
-    conf = write_conf(base, dest, name, "local", TUNING)
+    conf = write_conf(base, dest, name, storage, TUNING)
     names = market.symbol_names(symbols)
     entries = [{"name": n, "tier": 1 if i < 4 else 3, "enabled": True} for i, n in enumerate(names)]
     (conf / "symbols.yaml").write_text(
@@ -100,10 +102,15 @@ def market_conf(base: Path, dest: Path, name: str, symbols: int) -> Path:
     return conf
 
 
-def rss_mb(state: Path) -> dict[str, float]:
-    """Resident MB of every process of the stack (those started with its STATE_DIR)."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stack_processes(state: Path) -> dict[int, tuple[str, float, float]]:
+    """pid -> (component, resident MB, CPU seconds so far) of every process of the stack
+    (started with its STATE_DIR). A process nobody names (Spark's Python workers) counts
+    for the component of its nearest named ancestor."""
     marker = f"STATE_DIR={state}".encode()
-    groups: dict[str, float] = {}
+    found: dict[int, tuple[str, int, float, float]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -112,11 +119,33 @@ def rss_mb(state: Path) -> dict[str, float]:
                 continue
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             status = (proc / "status").read_text()
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-        name = _component(cmdline)
-        groups[name] = groups.get(name, 0.0) + rss / 1024
+        cpu = (int(stat[11]) + int(stat[12])) / _TICK  # utime + stime
+        found[int(proc.name)] = (_component(cmdline), int(stat[1]), rss / 1024, cpu)
+    out = {}
+    for pid, (name, parent, rss_mb_, cpu) in found.items():
+        while name == "other" and parent in found:
+            name, parent = found[parent][0], found[parent][1]
+        out[pid] = (name, rss_mb_, cpu)
+    return out
+
+
+def rss_mb(state: Path) -> dict[str, float]:
+    """Resident MB of every process of the stack, by component."""
+    groups: dict[str, float] = {}
+    for name, rss, _cpu in stack_processes(state).values():
+        groups[name] = groups.get(name, 0.0) + rss
+    return groups
+
+
+def cpu_s(state: Path) -> dict[str, float]:
+    """CPU seconds the live processes of the stack have used, by component."""
+    groups: dict[str, float] = {}
+    for name, _rss, cpu in stack_processes(state).values():
+        groups[name] = groups.get(name, 0.0) + cpu
     return groups
 
 
@@ -132,9 +161,46 @@ def _component(cmdline: str) -> str:
         if pattern in cmdline:
             return name
     for layer in ("bronze", "silver", "gold"):
-        if f"bench-market-{layer}" in cmdline or f" {layer}" in cmdline:
+        if f"lakehouse-{layer}" in cmdline or f"launch.py {layer}" in cmdline:
             return layer
     return "other"
+
+
+# A batch's line in a layer's log (streaming_jobs/*/job.py): when, which query, its id,
+# how long it took.
+_BATCH_LINE = re.compile(
+    r"^(\S+ \S+) INFO (bronze|silver|gold): (?:(bronze_fast|bronze) )?batch (\d+): .* in "
+    r"([0-9.]+) s$"
+)
+
+
+def batch_log(settings: Settings) -> list[tuple[float, str, int, float]]:
+    """(epoch s, query, batch id, seconds) of every batch the layers' logs report."""
+    out = []
+    for layer in ("bronze", "silver", "gold"):
+        path = settings.log_dir() / f"{layer}.log"
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            m = _BATCH_LINE.match(line)
+            if m:
+                when = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                at = when.replace(tzinfo=dt.UTC).timestamp()
+                out.append((at, m.group(3) or m.group(2), int(m.group(4)), float(m.group(5))))
+    return sorted(out)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """n, p50, p99 (nearest rank below) and max of `values`."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "p50": round(percentile(ordered, 0.5), 2),
+        "p99": round(percentile(ordered, 0.99), 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
 def exchange_ms(settings: Settings) -> int:
@@ -143,25 +209,37 @@ def exchange_ms(settings: Settings) -> int:
 
 
 class Phase:
-    """One phase: a fresh stack on the market at `speed` for `minutes`, sampled as it runs."""
+    """One phase: a fresh stack replaying `captures` at `speed` for `minutes`, sampled as it
+    runs, on the conf (symbols, storage) at `conf` and the state dir `state`."""
 
-    def __init__(self, name: str, capture: Path, symbols: int, speed: int, minutes: float) -> None:
-        self.name, self.capture, self.speed, self.minutes = name, capture, speed, minutes
+    def __init__(
+        self,
+        name: str,
+        captures: list[Path],
+        conf: Path,
+        speed: int,
+        minutes: float,
+        state: Path = STATE,
+    ) -> None:
+        self.name, self.captures, self.speed, self.minutes = name, captures, speed, minutes
+        self.state = state
         base = {k: v for k, v in os.environ.items() if k not in ("STORAGE", "ACTIVE_SYMBOLS")}
-        base.update(STATE_DIR=str(STATE), TZ="UTC", REPLAY_START_TIMEOUT="600")
-        conf = market_conf(STATE / "shared-conf", STATE / f"{name}-conf", name, symbols)
+        base.update(STATE_DIR=str(state), TZ="UTC", REPLAY_START_TIMEOUT="600")
         self.stack = Stack({**base, "LAKE_CONF_DIR": str(conf)}, TUNING, log)
         self.settings = self.stack.settings
         self.samples: list[dict[str, Any]] = []
         self.clock: list[tuple[float, int]] = []  # (wall ms, exchange ms)
+        self.on_sample: Any = None  # called with each sample (a bench's own readings)
 
     def run(self) -> None:
-        self.stack.start([self.capture], str(self.speed), loops=0)
+        self.stack.start(self.captures, str(self.speed), loops=0)
         started = time.monotonic()
         try:
             while time.monotonic() - started < self.minutes * 60:
                 time.sleep(SAMPLE_S)  # a sampling period, not a wait for a condition
                 self.samples.append(self.sample(time.monotonic() - started))
+                if self.on_sample is not None:
+                    self.on_sample(self.samples[-1])
                 self._print(self.samples[-1])
         finally:
             self.stack.stop()
@@ -186,9 +264,13 @@ class Phase:
             out["gold_behind"] = progress.commits_behind(settings, "gold", progress.GOLD_SOURCE)
             for stage, table in STAGE_TABLES.items():
                 out[f"{stage}_commits"] = len(lakefiles.instants(settings, table))
+            # What reached the broker: rates are reported as delivered, not as offered.
+            out["topic_ends"] = self.stack.topic_ends()
         except Exception as err:  # a stage not answering is a finding, not a crash
             out["error"] = repr(err)[:200]
-        out["rss_mb"] = {k: round(v) for k, v in sorted(rss_mb(STATE).items())}
+        out["rss_mb"] = {k: round(v) for k, v in sorted(rss_mb(self.state).items())}
+        out["cpu_s"] = {k: round(v, 2) for k, v in sorted(cpu_s(self.state).items())}
+        out["wall_s"] = time.time()
         # The replay exchange stands in for Binance: not part of the stack's memory.
         out["rss_total_mb"] = round(sum(v for k, v in out["rss_mb"].items() if k != "replay"))
         return out
@@ -208,17 +290,28 @@ class Phase:
         return statistics.median(offsets) + exchange / self.speed
 
 
-def freshness(spark: SparkSession, phase: Phase) -> dict[str, Any]:
-    """Final 1m bars: visible (commit completed) minus minute end, over every symbol."""
+def freshness(spark: SparkSession, phase: Phase, warmup_s: float = 60.0) -> dict[str, Any]:
+    """Every symbol's whole minutes: its end -> its 1m bar visible as final.
+
+    The minutes counted end from `warmup_s` after the phase began (exchange
+    clock) to a minute before it stopped. A minute whose bar never became
+    final counts as not fresh, with its age when the phase stopped.
+    """
     settings = phase.settings
     path = settings.table_path(silver_tables.OHLCV.name)
+    ex_start, ex_end = min(ex for _, ex in phase.clock), max(ex for _, ex in phase.clock)
+    lo = ex_start + int(warmup_s * 1000 * phase.speed)
+    lo += -lo % 60_000
+    hi = ex_end - 60_000 * phase.speed
+    stopped_wall = phase.to_wall_ms(ex_end)
     if not table_exists(spark, path):  # silver never committed a batch
-        return {"bars": 0}
+        return {"bars": 0, "missing_all": True}
     visible = hudi_visible(spark, settings, silver_tables.OHLCV.name)
     bars = (
         read_table(spark, path)
         .filter(F.col("interval") == "1m")
         .select(
+            "symbol",
             F.col("_hoodie_commit_time").alias("commit"),
             F.unix_millis("open_time").alias("open_ms"),
             "is_final",
@@ -227,42 +320,50 @@ def freshness(spark: SparkSession, phase: Phase) -> dict[str, Any]:
         .join(visible, "commit")
         .collect()
     )
-    if not bars:
-        return {"bars": 0}
-    first = min(b.open_ms for b in bars) + 60_000  # skip the minute the stack started in
-    last_ex = max(ex for _, ex in phase.clock)
-    whole = [b for b in bars if b.open_ms >= first and b.open_ms + 60_000 <= last_ex - 60_000]
-    lags = sorted(
-        (b.visible_ms - phase.to_wall_ms(b.open_ms + 60_000)) / 1000 for b in whole if b.is_final
-    )
-    out: dict[str, Any] = {
-        "bars": len(whole),
-        "not_final": sum(not b.is_final for b in whole),
-        "filled": sum(bool(b.is_filled) for b in whole),
+    first = {}
+    for b in bars:
+        first[b.symbol] = min(first.get(b.symbol, b.open_ms), b.open_ms)
+    seen = {(b.symbol, b.open_ms): b for b in bars}
+    ages, missing, not_final, filled = [], 0, 0, 0
+    for symbol, begins in first.items():
+        for minute in range(max(lo, begins + 60_000), hi - 60_000 + 1, 60_000):
+            bar = seen.get((symbol, minute))
+            end_wall = phase.to_wall_ms(minute + 60_000)
+            if bar is not None and bar.is_final:
+                ages.append((bar.visible_ms - end_wall) / 1000)
+                filled += bool(bar.is_filled)
+            else:
+                missing += bar is None
+                not_final += bar is not None
+                ages.append((stopped_wall - end_wall) / 1000)
+    return {
+        "bars": len(ages),
+        "symbols": len(first),
+        "final": len(ages) - missing - not_final,
+        "not_final": not_final,
+        "missing": missing,
+        "filled": filled,
+        "age_s": spread(ages),
+        # as before December 2026: only the bars that became final
+        "p50_s": spread(ages).get("p50"),
+        "p99_s": spread(ages).get("p99"),
+        "max_s": spread(ages).get("max"),
     }
-    if lags:
-        out.update(
-            p50_s=round(statistics.median(lags), 1),
-            p99_s=round(percentile(lags, 0.99), 1),
-            max_s=round(lags[-1], 1),
-        )
-    return out
 
 
-def verdict(
-    samples: list[dict[str, Any]], key: str, slack: float, delivered: str
-) -> dict[str, Any]:
+def verdict(samples: list[dict[str, Any]], key: str, delivered: str) -> dict[str, Any]:
     """Whether a stage kept up: it delivered, and its backlog did not grow over the last third.
 
     `delivered` names the sample of the stage's output commits (a stage
     that never committed did not keep up, whatever its backlog says: gold is
-    0 commits behind a silver that never wrote). Growth beyond `slack` (a
-    trigger's worth of input) from the start to the end of the last third is
-    a backlog that does not stay bounded.
+    0 commits behind a silver that never wrote). No slack: the backlog grew
+    when the least-squares slope of its samples over the last third is
+    above zero by more than twice its standard error (a backlog that
+    saw-tooths with each batch is not a trend; one that climbs is).
     """
     rows = [s for s in samples if "error" not in s]
-    if len(rows) < 3:
-        return {"keeps_up": False, "samples": len(rows)}
+    if len(rows) < 9:
+        return {"keeps_up": False, "samples": len(rows), "why": "too few samples"}
     last = rows[2 * len(rows) // 3 :]
     values: list[Any] = [s.get(key) for s in last]
     out: dict[str, Any] = {
@@ -275,24 +376,64 @@ def verdict(
         return {**out, "keeps_up": False, "why": "never committed"}
     if None in values:
         return {**out, "keeps_up": False, "why": "no batch yet"}
-    growth = values[-1] - values[0]
-    out["keeps_up"] = growth <= slack
+    slope, error = _trend([float(s["t_s"]) for s in last], [float(v) for v in values])
+    out["growth_per_min"] = round(slope * 60, 1)
+    out["keeps_up"] = slope - 2 * error <= 0
     if not out["keeps_up"]:
-        out["why"] = f"grew by {growth:,}"
+        out["why"] = f"grew by {slope * 60:,.1f} a minute"
     return out
 
 
-def stages(samples: list[dict[str, Any]], rate: float, settings: Settings) -> dict[str, Any]:
-    """Each stage's verdict; the slack is about a minute of input, or a few commits."""
+def _trend(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope of ys over xs and its standard error."""
+    n = len(xs)
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0, 0.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
+    error = (residual / max(1, n - 2) / sxx) ** 0.5
+    return slope, error
+
+
+def stages(samples: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Each stage's verdict."""
     return {
-        "producer": verdict(samples, "producer_behind", 30 * rate, ""),
+        "producer": verdict(samples, "producer_behind", ""),
         **{
-            f"bronze {q}": verdict(samples, f"kafka_lag_{q}", 60 * rate, "bronze_commits")
+            f"bronze {q}": verdict(samples, f"kafka_lag_{q}", "bronze_commits")
             for q in settings.bronze_queries()
         },
-        "silver (commits behind)": verdict(samples, "silver_behind", 3, "silver_commits"),
-        "gold (commits behind)": verdict(samples, "gold_behind", 3, "gold_commits"),
+        "silver (commits behind)": verdict(samples, "silver_behind", "silver_commits"),
+        "gold (commits behind)": verdict(samples, "gold_behind", "gold_commits"),
     }
+
+
+def delivered_per_s(samples: list[dict[str, Any]], topic: str) -> float | None:
+    """Records per second that reached `topic` at the broker over the phase's samples."""
+    rows = [s for s in samples if topic in s.get("topic_ends", {})]
+    if len(rows) < 2 or rows[-1]["wall_s"] <= rows[0]["wall_s"]:
+        return None
+    got = rows[-1]["topic_ends"][topic] - rows[0]["topic_ends"][topic]
+    return float(got / (rows[-1]["wall_s"] - rows[0]["wall_s"]))
+
+
+def cores(samples: list[dict[str, Any]], since_s: float) -> dict[str, float]:
+    """Cores each component used from `since_s` into the phase to its end (CPU seconds per
+    wall second, from /proc; a restarted process's new count is added, not subtracted)."""
+    rows = [s for s in samples if s["t_s"] >= since_s and "cpu_s" in s]
+    if len(rows) < 2:
+        return {}
+    used: dict[str, float] = {}
+    for before, after in itertools.pairwise(rows):
+        for name, value in after["cpu_s"].items():
+            step = value - before["cpu_s"].get(name, 0.0)
+            used[name] = used.get(name, 0.0) + (step if step >= 0 else value)
+    wall = rows[-1]["wall_s"] - rows[0]["wall_s"]
+    out = {k: round(v / wall, 3) for k, v in sorted(used.items())}
+    out["stack"] = round(sum(v for k, v in out.items() if k != "replay"), 3)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -308,7 +449,7 @@ def main(argv: list[str]) -> int:
     )
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir(parents=True)
-    write_test_conf(STATE / "shared-conf", shift=PORT_SHIFT)
+    write_test_conf(STATE / "shared-conf", shift=PORT_SHIFT, for_tests=False)
     capture = STATE / "market.gz"
     started = time.monotonic()
     frames = market.write(
@@ -317,9 +458,14 @@ def main(argv: list[str]) -> int:
     )
     took = time.monotonic() - started
     log(f"market: {frames:,} frames per {LOOP_MINUTES}-minute loop, built in {took:.0f} s")
-    phases = [Phase("base", capture, args.symbols, 1, args.minutes)]
+
+    def phase(name: str, speed: int, minutes: float) -> Phase:
+        conf = market_conf(STATE / "shared-conf", STATE / f"{name}-conf", name, args.symbols)
+        return Phase(name, [capture], conf, speed, minutes)
+
+    phases = [phase("base", 1, args.minutes)]
     if args.burst_minutes > 0:
-        phases.append(Phase("burst", capture, args.symbols, 5, args.burst_minutes))
+        phases.append(phase("burst", 5, args.burst_minutes))
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
@@ -341,7 +487,12 @@ def main(argv: list[str]) -> int:
                 "speed": phase.speed,
                 "minutes": phase.minutes,
                 "offered_frames_per_s": round(rate),
-                "stages": stages(samples, rate, phase.settings),
+                "stages": stages(samples, phase.settings),
+                "delivered_frames_per_s": {
+                    t: delivered_per_s(samples, phase.settings.topic(t).name)
+                    for t in ("trade", "kline")
+                },
+                "cores": cores(samples, 60.0),
                 "freshness": freshness(spark, phase),
                 "peak_rss_mb": max((s["rss_total_mb"] for s in samples), default=0),
                 "peak_rss_by_process_mb": {
@@ -350,13 +501,70 @@ def main(argv: list[str]) -> int:
                 },
                 "samples": samples,
             }
+        report["symbol_read"] = symbol_read(spark, phases[0])
         spark.stop()
     finally:
         for phase in phases:
             phase.stack.stop()
         phases[0].stack.script("services", "down")
-    publish_results("market", report, render(report))
+    publish_results("market", report)
     return 0
+
+
+OLD_LAYOUT = "silver_ohlcv_symbol_partitions"
+
+
+def symbol_read(spark: SparkSession, phase: Phase, symbols: int = 5) -> dict[str, Any]:
+    """One symbol's latest 20 1m bars out of the whole market's table, read as the CLI reads
+    them (no Spark): from this layout (interval and period, files skipped by their symbol
+    statistics) and from a copy of the same 1m bars in the layout before December 2026 (a
+    partition per symbol and interval, read whole). Median of `symbols` symbols, 3 reads each.
+    """
+    from streaming_jobs.cli import bars
+
+    settings = phase.settings
+    path = settings.table_path(silver_tables.OHLCV.name)
+    if not table_exists(spark, path):
+        return {}
+    rows = read_table(spark, path).filter(F.col("interval") == "1m")
+    data = rows.select(*[c for c in rows.columns if not c.startswith("_hoodie")])
+    options = {
+        **write_options(
+            HudiTable(
+                OLD_LAYOUT, silver_tables.OHLCV.record_key, "updated_ms", ("symbol", "interval")
+            )
+        ),
+        "hoodie.datasource.write.operation": "bulk_insert",
+    }
+    started = time.monotonic()
+    data.write.format("hudi").options(**options).mode("overwrite").save(
+        settings.table_path(OLD_LAYOUT)
+    )
+    copy_s = time.monotonic() - started
+    names = market.symbol_names(len({r.symbol for r in data.select("symbol").distinct().collect()}))
+    picked = names[:: max(1, len(names) // symbols)][:symbols]
+
+    def timed(read: Any) -> float:
+        times = []
+        for _ in range(3):
+            begun = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - begun)
+        return statistics.median(times)
+
+    def old_read(symbol: str) -> list[dict[str, Any]]:
+        filters = [("symbol", "=", symbol), ("interval", "=", "1m")]
+        found = lakefiles.latest_rows(settings, OLD_LAYOUT, filters)
+        return sorted(found, key=lambda r: r["open_time"])[-20:]
+
+    new_s = statistics.median(timed(lambda s=s: bars(settings, s, "1m", limit=20)) for s in picked)
+    old_s = statistics.median(timed(lambda s=s: old_read(s)) for s in picked)
+    return {
+        "symbols_read": picked,
+        "new_layout_s": round(new_s, 3),
+        "old_layout_s": round(old_s, 3),
+        "old_layout_copy_s": round(copy_s, 1),
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -394,6 +602,16 @@ def render(report: dict[str, Any]) -> str:
             f"| {name} | {f.get('bars', 0):,} | {_n(f.get('not_final'))} | {_n(f.get('p50_s'))} "
             f"| {_n(f.get('p99_s'))} | {_n(f.get('max_s'))} | {p['peak_rss_mb']:,} |"
         )
+    read = report.get("symbol_read") or {}
+    if read:
+        lines += [
+            "",
+            f"One symbol's latest 20 1m bars, read without Spark as `lakehouse bars` reads "
+            f"them (median of {len(read['symbols_read'])} symbols, 3 reads each): this "
+            f"layout (interval and period partitions, files skipped by symbol statistics) "
+            f"{read['new_layout_s']:.3f} s; the same bars in the layout before December 2026 "
+            f"(a partition per symbol and interval) {read['old_layout_s']:.3f} s.",
+        ]
     lines.append("")
     for name, p in report["phases"].items():
         by = ", ".join(f"{k} {v:,}" for k, v in p["peak_rss_by_process_mb"].items())

@@ -262,7 +262,7 @@ def main(argv: list[str]) -> int:
 
     shutil.rmtree(STATE, ignore_errors=True)
     conf = STATE / "conf"
-    write_test_conf(conf)  # ports +10000: beside a running `make up`
+    write_test_conf(conf, for_tests=False)  # ports +10000: beside a running `make up`
     (conf / "symbols.yaml").write_text(
         yaml.safe_dump(
             {
@@ -337,6 +337,10 @@ def memory_gb() -> float:
 
 
 def write_report(report: dict[str, Any]) -> None:
+    publish_results("producer", report)
+
+
+def render(report: dict[str, Any]) -> str:
     fps, ratio = report["frames_per_second"], report["producer_vs_bare"]
     rd = report["producer_vs_bare_librdkafka"]
     rows = [
@@ -349,7 +353,7 @@ def write_report(report: dict[str, Any]) -> None:
         f"| producer / bare | {ratio['median']:.2f} | {ratio['min']:.2f} - {ratio['max']:.2f} |",
         f"| producer / bare_librdkafka | {rd['median']:.2f} | {rd['min']:.2f} - {rd['max']:.2f} |",
     ]
-    section = "\n".join(
+    return "\n".join(
         [
             "## Producer: replay exchange -> Kafka (acks=all) vs a bare kafka-python loop",
             "",
@@ -369,7 +373,6 @@ def write_report(report: dict[str, Any]) -> None:
             "",
         ]
     )
-    publish_results("producer", report, section)
 
 
 if __name__ == "__main__":

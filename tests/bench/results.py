@@ -17,7 +17,6 @@ from streaming_jobs.common.settings import PROJECT_ROOT
 SERVICES = str(PROJECT_ROOT / "infra" / "services.sh")
 # Timed runs of a peer measured for a ratio (median taken).
 TIMED_RUNS = 3
-DOC_HEADER = "# Benchmarks\n\nEvery figure here was produced by the command next to it.\n\n"
 
 
 @contextmanager
@@ -38,23 +37,14 @@ def results_dir() -> Path:
     return Path(os.environ.get("BENCH_RESULTS_DIR") or PROJECT_ROOT / "docs")
 
 
-def publish_results(name: str, report: dict[str, Any], section: str) -> None:
-    """bench/<name>.json, and `section` in place of its namesake in BENCHMARKS.md.
-
-    A section is found by its heading up to the colon ("## Bronze:").
-    """
+def publish_results(name: str, report: dict[str, Any]) -> None:
+    """bench/<name>.json, then BENCHMARKS.md generated again from every bench/*.json."""
     out = results_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(section)
-    doc = results_dir() / "BENCHMARKS.md"
-    text = doc.read_text() if doc.exists() else DOC_HEADER
-    heading = section.split(":", 1)[0] + ":"
-    begin = text.find(heading)
-    if begin >= 0:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + text[end + 1 :] if end >= 0 else text[:begin]
-    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    from tests.bench.report import write_doc  # the renderers import this module
+
+    print(write_doc(results_dir()))
 
 
 def percentile(ordered: list[float], q: float) -> float:

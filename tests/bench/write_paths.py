@@ -539,7 +539,7 @@ def main(argv: list[str]) -> int:
         "results": results,
         "options": {shape: configurations(shape) for shape in results},
     }
-    publish_results("write_paths", report, render(report))
+    publish_results("write_paths", report)
     return 0
 
 
