@@ -43,19 +43,21 @@ ALL_PROCESSES = (
 SERVICES_SCRIPT = PROJECT_ROOT / "infra" / "services.sh"
 
 
-def write_test_conf(conf_dir: Path, shift: int = PORT_SHIFT) -> None:
-    """conf/ with every port shifted, a fast scrape interval and bronze trigger."""
+def write_test_conf(conf_dir: Path, shift: int = PORT_SHIFT, for_tests: bool = True) -> None:
+    """conf/ with every port shifted; for tests also a fast scrape interval and bronze
+    trigger (benchmarks keep the shipped ones: they measure what a user runs)."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     pipeline = yaml.safe_load((PROJECT_ROOT / "conf" / "pipeline.yaml").read_text())
     services = pipeline["services"]
     for key, value in list(services.items()):
         if key.endswith("_port"):
             services[key] = value + shift
-    services["scrape_interval"] = "1s"
     streaming = pipeline["streaming"]
-    # Bronze's bulk streams on a shorter trigger: runs that wait for bronze
-    # to catch up end sooner.
-    streaming["bronze"]["trigger"] = "5 seconds"
+    if for_tests:
+        services["scrape_interval"] = "1s"
+        # Bronze's bulk streams on a shorter trigger: runs that wait for bronze
+        # to catch up end sooner.
+        streaming["bronze"]["trigger"] = "5 seconds"
     for layer in ("bronze", "silver", "gold"):
         streaming[layer]["ui_port"] += shift
         streaming[layer]["metrics_port"] += shift
