@@ -33,7 +33,7 @@ from streaming_jobs.common.lakefiles import (
     tables,
 )
 from streaming_jobs.common.s3 import S3Error
-from streaming_jobs.common.settings import LAYERS, TOPIC_KEYS, Settings, load_settings
+from streaming_jobs.common.settings import GOLD_QUERIES, LAYERS, TOPIC_KEYS, Settings, load_settings
 
 
 def batches(settings: Settings, query: str) -> tuple[list[int], list[int]]:
@@ -112,6 +112,12 @@ def commits_behind(settings: Settings, query: str, table: str) -> int | None:
     return sum(1 for instant in instants(settings, table) if instant > done)
 
 
+def gold_behind(settings: Settings) -> int | None:
+    """Silver commits some gold query has yet to commit (None: one has no batch yet)."""
+    behind = [commits_behind(settings, query, GOLD_SOURCE) for query in GOLD_QUERIES]
+    return None if None in behind else sum(b for b in behind if b is not None)
+
+
 def _get_json(url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -143,7 +149,7 @@ def await_settled(settings: Settings, deadline_s: float, poll_s: float = 1.0) ->
             silver = (
                 commits_behind(settings, "silver", silver_source(settings)) if bronze == 0 else None
             )
-            gold = commits_behind(settings, "gold", GOLD_SOURCE) if silver == 0 else None
+            gold = gold_behind(settings) if silver == 0 else None
         except (OSError, ValueError, KeyError, KafkaError, S3Error) as err:
             why = f"not answering: {err!r}"
         else:
@@ -261,7 +267,10 @@ def print_queries(settings: Settings) -> None:
         records = lag(settings, query)
         reads = ",".join(kinds) if len(kinds) < len(TOPIC_KEYS) else "every topic"
         rows.append((query, reads, "-" if records is None else f"{records} records"))
-    for query, source in (("silver", silver_source(settings)), ("gold", GOLD_SOURCE)):
+    for query, source in (
+        ("silver", silver_source(settings)),
+        *((query, GOLD_SOURCE) for query in GOLD_QUERIES),
+    ):
         commits = commits_behind(settings, query, source)
         rows.append((query, source, "-" if commits is None else f"{commits} commits"))
     for query, reads, behind in rows:

@@ -45,6 +45,8 @@ LOCAL_S3_PASSWORD = "lakehouse-local-only"
 STREAM_TYPES = ("trade", "aggTrade", "kline", "ticker", "depth", "bookTicker")
 TOPIC_KEYS = (*STREAM_TYPES, "quarantine")
 LAYERS = ("bronze", "silver", "gold")
+# Gold's queries over silver's commits: the analytics, and gold_data_quality.
+GOLD_QUERIES = ("gold", "gold_quality")
 
 KLINE_INTERVALS = (
     "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w",
@@ -344,15 +346,13 @@ class GoldSettings(LayerSettings):
     # `anomaly_window` bars exceeds `anomaly_z`.
     anomaly_window: int = 60
     anomaly_z: float = 4.0
-    # gold_data_quality counts a (symbol, day) from all of its trades. None: in every
-    # batch that touches the day; a duration: at most this often while the query runs
-    # (every batch with --once), its rows up to that long behind the last batch.
-    quality_every: str | None = None
+    # The trigger of the gold_quality query: gold_data_quality counts a (symbol, day)
+    # from all of its trades, too much to do on the analytics' short trigger.
+    quality_trigger: str = "1 minute"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quality_every is not None:
-            _check_duration(self.quality_every, "quality_every")
+        _check_duration(self.quality_trigger, "quality_trigger")
         if self.vol_window < 2 or self.anomaly_window < 2:
             raise ValueError("vol_window and anomaly_window need at least 2 bars")
         if not self.cross_asset_tiers or not set(self.cross_asset_tiers) <= {1, 2, 3}:

@@ -14,6 +14,11 @@ changed bars plus the context before them), and upserts:
   portfolio symbols (analytics.correlations, analytics.risk);
 - gold_data_quality: per (symbol, UTC day) touched, from bronze and silver.
 
+Two queries share the driver, each over silver's commits with its own
+checkpoint: `gold` writes the first four on a short trigger; `gold_quality`
+writes gold_data_quality on a longer one (`quality_trigger`), since a day's
+count reads all of that day's trades and must not hold up the bars' analytics.
+
 Nothing is kept between batches but the tables: a restart recomputes from
 silver and writes the same rows, and a replayed batch changes nothing.
 """
@@ -43,13 +48,14 @@ from streaming_jobs.common.hudi import (
     write_batch,
 )
 from streaming_jobs.common.layer import run_layer
-from streaming_jobs.common.settings import INTERVAL_MS, Settings, duration_ms
+from streaming_jobs.common.settings import GOLD_QUERIES, INTERVAL_MS, Settings, duration_ms
+from streaming_jobs.common.spark import in_pool
 from streaming_jobs.gold import analytics as A, tables
 from streaming_jobs.silver import tables as silver
 
 log = logging.getLogger("gold")
 
-QUERY_NAME = "gold"
+QUERY_NAME, QUALITY_QUERY = GOLD_QUERIES
 UPSERT_THREADS = 3
 UNKNOWN_SYMBOL = "*"  # data-quality rows of quarantined frames with no symbol
 
@@ -110,15 +116,10 @@ def _series_signals(pdf: pd.DataFrame, anomaly_window: int, anomaly_z: float) ->
 class GoldBatch:
     """The foreachBatch function over changed silver bars."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, once: bool = False):
+    def __init__(self, spark: SparkSession, settings: Settings):
         self._spark = spark
         self._settings = settings
         self._gold = settings.pipeline.streaming.gold
-        # Days whose quality rows are due, and when they were last counted.
-        self._quality_due: set[tuple[str, Any]] = set()
-        self._quality_at = float("-inf")
-        every = self._gold.quality_every
-        self._quality_every_s = 0.0 if once or every is None else duration_ms(every) / 1000
         self._silver_path = settings.table_path(silver.OHLCV.name)
         # The symbols correlations and per-symbol risk cover (GoldSettings.cross_asset_tiers).
         self._cross_symbols = sorted(
@@ -170,7 +171,6 @@ class GoldBatch:
             (tables.MARKET_SUMMARY, self._summary(context)),
             *self._signals(context, changed),
             *self._cross_asset(silver_bars, changed),
-            *self._quality(context),
         ]
         with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
             list(pool.map(lambda w: self._upsert(*w), writes))
@@ -190,6 +190,7 @@ class GoldBatch:
         return earliest - bars * step
 
     def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
+        in_pool(self._spark, QUERY_NAME)  # a pool's worker thread does not inherit it
         write_batch(rows, table, self._settings.table_path(table.name), self._batch)
 
     # -- per series -------------------------------------------------------------------
@@ -341,34 +342,44 @@ class GoldBatch:
             .transform(_stamped)
         )
 
-    # -- data quality ---------------------------------------------------------------
 
-    def _quality(self, context: DataFrame) -> list[tuple[HudiTable, DataFrame]]:
-        """The (symbol, day) rows of the days this batch touched, and of those touched since
-        the last time they were counted: at most every quality_every (a day's count reads
-        all of its trades)."""
-        touched = (
-            context.filter((F.col("interval") == "1m") & (F.col("open_ms") >= F.col("from_ms")))
+class QualityBatch:
+    """The foreachBatch function writing gold_data_quality for the days of changed bars."""
+
+    def __init__(self, spark: SparkSession, settings: Settings):
+        self._spark = spark
+        self._settings = settings
+
+    def __call__(self, df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        batch = current_batch(self._spark, QUALITY_QUERY, batch_id)
+        pairs = sorted(
+            (r.symbol, r.date)
+            for r in df.filter(F.col("interval") == "1m")
             .select("symbol", F.to_date("open_time").alias("date"))
             .distinct()
             .collect()
         )
-        self._quality_due.update((r.symbol, r.date) for r in touched)
-        trades_path = self._settings.table_path(bronze.TRADES.name)
-        now = time.monotonic()
-        if not self._quality_due or now - self._quality_at < self._quality_every_s:
-            return []
-        if not table_exists(self._spark, trades_path):
-            return []
-        pairs = sorted(self._quality_due)
-        self._quality_due.clear()
-        self._quality_at = now
+        if not pairs or not table_exists(
+            self._spark, self._settings.table_path(bronze.TRADES.name)
+        ):
+            log.info("%s batch %d: no day to count", QUALITY_QUERY, batch_id)
+            return
         days = self._spark.createDataFrame(pairs, "symbol string, date date")
         # Quarantined frames without a symbol get a row of their own per day.
         days = days.unionByName(
             days.select(F.lit(UNKNOWN_SYMBOL).alias("symbol"), "date").distinct()
         ).localCheckpoint()
-        return [(tables.DATA_QUALITY, data_quality(self._spark, self._settings, days))]
+        table = tables.DATA_QUALITY
+        rows = data_quality(self._spark, self._settings, days)
+        write_batch(rows, table, self._settings.table_path(table.name), batch)
+        log.info(
+            "%s batch %d: %d (symbol, day) counted in %.1f s",
+            QUALITY_QUERY,
+            batch_id,
+            len(pairs),
+            time.monotonic() - started,
+        )
 
 
 def data_quality(spark: SparkSession, settings: Settings, days: DataFrame) -> DataFrame:
@@ -500,16 +511,25 @@ _RISK_SCHEMA = T.StructType(
 )
 
 
-def start(spark: SparkSession, settings: Settings, once: bool = False) -> Any:
+def start(spark: SparkSession, settings: Settings, once: bool = False) -> list[Any]:
+    """Start both queries; `once`: each processes what is there, then stops."""
     layer = settings.pipeline.streaming.gold
-    writer = (
-        read_stream(spark, settings.table_path(silver.OHLCV.name))
-        .writeStream.queryName(QUERY_NAME)
-        .foreachBatch(GoldBatch(spark, settings, once))
-        .option("checkpointLocation", settings.checkpoint_path(QUERY_NAME))
-    )
-    trigger = {"availableNow": True} if once else {"processingTime": layer.trigger}
-    return writer.trigger(**trigger).start()
+    queries = []
+    for name, batch, every in (
+        (QUERY_NAME, GoldBatch(spark, settings), layer.trigger),
+        (QUALITY_QUERY, QualityBatch(spark, settings), layer.quality_trigger),
+    ):
+        writer = (
+            read_stream(spark, settings.table_path(silver.OHLCV.name))
+            .writeStream.queryName(name)
+            .foreachBatch(batch)
+            .option("checkpointLocation", settings.checkpoint_path(name))
+        )
+        trigger = {"availableNow": True} if once else {"processingTime": every}
+        in_pool(spark, name)  # each query's jobs in its own FAIR pool
+        queries.append(writer.trigger(**trigger).start())
+    in_pool(spark, None)
+    return queries
 
 
 def await_source(spark: SparkSession, settings: Settings) -> None:

@@ -294,6 +294,7 @@ def main(argv: list[str]) -> int:
             "bronze": settings.pipeline.streaming.bronze.trigger,
             "silver": settings.pipeline.streaming.silver.trigger,
             "gold": settings.pipeline.streaming.gold.trigger,
+            "gold_quality": settings.pipeline.streaming.gold.quality_trigger,
         },
         "delivered_per_s": {
             t: delivered_per_s(phase.samples, settings.topic(t).name)

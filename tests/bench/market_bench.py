@@ -169,7 +169,7 @@ def _component(cmdline: str) -> str:
 # A batch's line in a layer's log (streaming_jobs/*/job.py): when, which query, its id,
 # how long it took.
 _BATCH_LINE = re.compile(
-    r"^(\S+ \S+) INFO (bronze|silver|gold): (?:(bronze_fast|bronze) )?batch (\d+): .* in "
+    r"^(\S+ \S+) INFO (bronze|silver|gold): (?:(\w+) )?batch (\d+): .* in "
     r"([0-9.]+) s$"
 )
 

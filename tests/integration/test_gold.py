@@ -81,9 +81,15 @@ def write_silver(
 
 
 def run_gold(spark: Any, settings: Settings) -> None:
-    query = start(spark, settings, once=True)
-    query.awaitTermination()
-    assert query.exception() is None
+    """Run both gold queries once to the end of silver's commits."""
+    queries = start(spark, settings, once=True)
+    try:
+        for query in queries:
+            assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
+            assert query.exception() is None
+    finally:
+        for query in queries:
+            query.stop()
 
 
 def table(spark: Any, settings: Settings, name: str) -> DataFrame:
