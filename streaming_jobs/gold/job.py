@@ -167,18 +167,24 @@ class GoldBatch:
             .filter(F.col("open_ms") >= F.col("lo_ms"))
             .localCheckpoint()
         )
-        writes: list[tuple[HudiTable, DataFrame]] = [
-            (tables.MARKET_SUMMARY, self._summary(context)),
-            *self._signals(context, changed),
-            *self._cross_asset(silver_bars, changed),
-        ]
+        # The market summary, what a reader waits for, commits first: its upsert
+        # starts before the signals and cross-asset figures are computed.
+        written = [tables.MARKET_SUMMARY]
         with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
-            list(pool.map(lambda w: self._upsert(*w), writes))
+            upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, self._summary(context))]
+            for table, rows in (
+                *self._signals(context, changed),
+                *self._cross_asset(silver_bars, changed),
+            ):
+                written.append(table)
+                upserts.append(pool.submit(self._upsert, table, rows))
+            for upsert in upserts:
+                upsert.result()
         log.info(
             "batch %d: %d series changed, wrote %s in %.1f s",
             batch_id,
             len(changed),
-            ", ".join(table.name for table, _ in writes),
+            ", ".join(table.name for table in written),
             time.monotonic() - started,
         )
 
