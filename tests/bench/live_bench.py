@@ -58,8 +58,9 @@ from streaming_jobs.common.hudi import read_table, table_exists
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings
 from streaming_jobs.gold import tables as gold
 from streaming_jobs.silver import tables as silver
-from tests.bench import market
+from tests.bench import jvm_threads, market
 from tests.bench.bronze_bench import session
+from tests.bench.jvm_threads import ThreadProfile, driver_pids
 from tests.bench.market_bench import (
     LOOP_MINUTES,
     START_MS,
@@ -248,8 +249,21 @@ def main(argv: list[str]) -> int:
     phase = Phase("run", captures, conf, 1, args.minutes, state)
     settings = phase.settings
     files: list[tuple[float, dict[str, int]]] = []
-    if args.soak:
-        phase.on_sample = lambda s: files.append((s["t_s"], files_per_table(settings)))
+    # CPU per driver thread (tests/bench/jvm_threads.py), over the measured window.
+    profiles: list[ThreadProfile] = []
+    threads: dict[str, Any] = {}
+
+    def on_sample(sample: dict[str, Any]) -> None:
+        if args.soak:
+            files.append((sample["t_s"], files_per_table(settings)))
+        if not profiles and sample["t_s"] >= args.warmup_s:
+            profiles.append(ThreadProfile(driver_pids(state)).start())
+
+    def before_stop() -> None:
+        if profiles:
+            threads.update(profiles[0].stop())
+
+    phase.on_sample, phase.before_stop = on_sample, before_stop
     sampler = None
     started_wall = time.time()
     try:
@@ -305,6 +319,7 @@ def main(argv: list[str]) -> int:
         "trade_to_rows": rows,
         "tables_written": tables_present,
         "cores": cores(phase.samples, args.warmup_s),
+        "driver_threads": threads,
         "batches_s": batch_spread(settings, since, ended_wall),
         "peak_rss_mb": max((s["rss_total_mb"] for s in phase.samples), default=0),
         "goals": GOALS,
@@ -393,6 +408,18 @@ def render(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
         + f". Peak RSS of the stack: {r['peak_rss_mb']:,} MB.",
         "",
+        *(
+            [
+                "Where each driver's CPU goes, by JVM thread (`python -m tests.bench.jvm_threads` "
+                "over the same window; tasks are the data work, the stream execution thread "
+                "plans, generates code and keeps Hudi's books, CompilerThread is the JIT):",
+                "",
+                *jvm_threads.render(r["driver_threads"]),
+                "",
+            ]
+            if r.get("driver_threads", {}).get("window_s")
+            else []
+        ),
         "Keeps up (the backlog's trend over the last third not above zero by more than twice "
         "its standard error): "
         + "; ".join(

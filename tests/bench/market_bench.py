@@ -230,6 +230,7 @@ class Phase:
         self.samples: list[dict[str, Any]] = []
         self.clock: list[tuple[float, int]] = []  # (wall ms, exchange ms)
         self.on_sample: Any = None  # called with each sample (a bench's own readings)
+        self.before_stop: Any = None  # called at the end, while the stack still runs
 
     def run(self) -> None:
         self.stack.start(self.captures, str(self.speed), loops=0)
@@ -242,6 +243,8 @@ class Phase:
                     self.on_sample(self.samples[-1])
                 self._print(self.samples[-1])
         finally:
+            if self.before_stop is not None:
+                self.before_stop()
             self.stack.stop()
 
     def sample(self, at_s: float) -> dict[str, Any]:
