@@ -128,6 +128,9 @@ def paced_publish(
 def session(settings: Settings) -> SparkSession:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["TZ"] = "UTC"  # Hudi's instant times are the JVM's local time
+    creds = settings.s3_credentials()  # S3A reads them from the JVM's environment
+    os.environ["AWS_ACCESS_KEY_ID"] = creds.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
     conf = {
         **session_conf(settings, "sql"),
         "spark.master": "local[2]",
