@@ -351,7 +351,7 @@ def render(r: dict[str, Any]) -> str:
         else "the real BTCUSDT and ETHUSDT capture `make demo` plays"
     )
     lines = [
-        f"{title}:",
+        title,
         "",
         f"{r['date']}, {r['machine']['cores']} cores, {r['machine']['memory_gb']} GB; "
         f"command: `{r['command']}`. The stack as `make up` runs it (Kafka, MinIO, "
