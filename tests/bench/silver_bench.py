@@ -233,9 +233,14 @@ def render(report: dict[str, Any]) -> str:
             f"| Spark alone / DuckDB: the floor of any Spark job here | "
             f"{floor_s / duckdb_s:,.1f}x | |",
             "",
-            f"Each: median of {TIMED_RUNS} runs (silver's from an empty table each time: "
-            f"{', '.join(f'{t:g}' for t in report.get('silver_runs_s', []))} s). "
-            f"Driver JVM peak RSS: "
+            (
+                f"Each: median of {TIMED_RUNS} runs (silver's from an empty table each time: "
+                f"{', '.join(f'{t:g}' for t in report['silver_runs_s'])} s). "
+                if report.get("silver_runs_s")
+                else f"DuckDB and Spark alone: median of {TIMED_RUNS} runs each; silver: one "
+                "run, from an empty table. "
+            )
+            + "Driver JVM peak RSS: "
             f"{report['driver_peak_rss_mb']:.0f} MB. Freshness under live load: the Live "
             "sections.",
             "",
