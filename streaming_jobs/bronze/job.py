@@ -21,6 +21,7 @@ writer, whose commits never overlap.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -338,10 +339,7 @@ class BronzeBatch:
         guard = self._guard(write.table, rows.sparkSession)
         if guard is not None:
             rows = guard.fresh(rows, write.bounds)
-        if write.table is tables.QUARANTINE:
-            with QUARANTINE_TURN:
-                write_batch(rows, write.table, path, batch)
-        else:
+        with QUARANTINE_TURN if write.table is tables.QUARANTINE else contextlib.nullcontext():
             write_batch(rows, write.table, path, batch)
         self._ledger.record(path, batch)
         if guard is not None:
