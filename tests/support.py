@@ -45,6 +45,20 @@ def await_true(what: str, condition: Callable[[], Any], deadline_s: float) -> No
         time.sleep(0.1)
 
 
+def run_to_end(queries: list[Any], timeout_s: int = 600) -> list[str]:
+    """Await streaming queries started to process what is there (once): their run ids.
+    Stops them in any case."""
+    try:
+        for query in queries:
+            finished = query.awaitTermination(timeout_s)
+            assert finished, f"{query.name} did not finish in {timeout_s} s"
+            assert query.exception() is None
+        return [str(query.runId) for query in queries]
+    finally:
+        for query in queries:
+            query.stop()
+
+
 def talib_reference(closes: Any) -> dict[str, Any]:
     """TA-Lib's values of silver's ten indicator columns over a close series."""
     import talib

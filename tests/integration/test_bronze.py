@@ -36,7 +36,7 @@ from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
-from tests.support import await_true
+from tests.support import await_true, run_to_end
 
 CAPTURE = PROJECT_ROOT / "producer" / "replay" / "captures" / "spot_btcusdt_20240808.gz"
 BAD = [
@@ -103,15 +103,7 @@ def publish(settings: Settings, capture: Capture) -> None:
 
 def run_bronze(spark: Any, settings: Settings) -> list[str]:
     """Run every bronze lane once to the end of its topics; the lanes' run ids."""
-    queries: Any = start(spark, settings, once=True)
-    try:
-        for query in queries:
-            assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
-            assert query.exception() is None
-        return [str(query.runId) for query in queries]
-    finally:
-        for query in queries:
-            query.stop()
+    return run_to_end(start(spark, settings, once=True))
 
 
 def test_capture_lands_typed_exactly_once(

@@ -31,7 +31,7 @@ from streaming_jobs.gold.job import start
 from streaming_jobs.silver import indicators as ind, tables as silver
 from tests.integration.test_bronze import private_settings, publish, run_bronze
 from tests.integration.test_silver import run_silver, silver_settings
-from tests.support import archive_rows, talib_reference
+from tests.support import archive_rows, run_to_end, talib_reference
 from tests.unit.test_gold_analytics import talib_crossings
 
 # About 11 minutes across midnight: 2024-08-08 23:54 .. 2024-08-09 00:05 UTC.
@@ -82,14 +82,7 @@ def write_silver(
 
 def run_gold(spark: Any, settings: Settings) -> None:
     """Run both gold queries once to the end of silver's commits."""
-    queries = start(spark, settings, once=True)
-    try:
-        for query in queries:
-            assert query.awaitTermination(600), f"{query.name} did not finish in 600 s"
-            assert query.exception() is None
-    finally:
-        for query in queries:
-            query.stop()
+    run_to_end(start(spark, settings, once=True))
 
 
 def table(spark: Any, settings: Settings, name: str) -> DataFrame:
