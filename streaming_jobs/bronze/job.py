@@ -29,12 +29,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window, functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.bronze.guard import Bounds, SequenceGuard, sequence_value
+from streaming_jobs.common.columns import per_jvm
 from streaming_jobs.common.hudi import (
     Batch,
     BatchLedger,
@@ -48,6 +50,7 @@ from streaming_jobs.common.settings import Settings
 from streaming_jobs.common.spark import in_pool
 
 log = logging.getLogger("bronze")
+T = TypeVar("T")
 
 # Tables committed at once within a batch (see BronzeBatch._write).
 UPSERT_THREADS = 4
@@ -94,15 +97,29 @@ def lanes(settings: Settings) -> list[Lane]:
 QUARANTINE_TURN = threading.Lock()
 
 
+# The expressions every batch applies, by purpose: built once per JVM (per_jvm).
+_expressions = per_jvm(dict[tuple[object, ...], Any])
+
+
+def _once(key: tuple[object, ...], build: Callable[[], T]) -> T:
+    cache = _expressions()
+    if key not in cache:
+        cache[key] = build()
+    return cast(T, cache[key])
+
+
 def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], DataFrame]:
-    def select(df: DataFrame) -> DataFrame:
-        rows = df.filter(F.col("kind") == kind)
+    def condition() -> Column:
+        rows = F.col("kind") == kind
         if diff_depth is None:
             return rows
         # A record without a stream (not JSON, not UTF-8) goes with partial
         # depth, to be quarantined: a null test would drop it from both.
         diff = F.coalesce(tf.is_diff_depth(F.col("stream")), F.lit(False))
-        return rows.filter(diff if diff_depth else ~diff)
+        return rows & (diff if diff_depth else ~diff)
+
+    def select(df: DataFrame) -> DataFrame:
+        return df.filter(_once(("kind", kind, diff_depth), condition))
 
     return select
 
@@ -214,12 +231,15 @@ QUARANTINE_COLUMNS = ("raw", "reason", "stream", "symbol", "recv_ns", *tf.LINEAG
 
 
 def quarantine_rows(df: DataFrame) -> DataFrame:
-    return (
-        df.filter(F.col("reason").isNotNull())
-        .select(*QUARANTINE_COLUMNS)
-        .withColumn("ingest_ms", F.unix_millis("ingest_time"))
-        .withColumn("date", F.to_date(F.coalesce("recv_time", "ingest_time")))
-    )
+    def build() -> tuple[Column, list[Column]]:
+        return F.col("reason").isNotNull(), [
+            *map(F.col, QUARANTINE_COLUMNS),
+            F.unix_millis("ingest_time").alias("ingest_ms"),
+            F.to_date(F.coalesce("recv_time", "ingest_time")).alias("date"),
+        ]
+
+    rejected, columns = _once(("quarantine",), build)
+    return df.filter(rejected).select(*columns)
 
 
 class BronzeBatch:
@@ -260,8 +280,15 @@ class BronzeBatch:
         )
 
     def _write(self, enveloped: DataFrame, batch: Batch) -> dict[str, int]:
-        envelope_only = enveloped.filter(F.col("kind").isNull() | (F.col("kind") == "quarantine"))
-        outcomes = [_outcome(envelope_only.withColumn("date", F.lit(None).cast("date")), None)]
+        unrouted, no_date = _once(
+            ("unrouted",),
+            lambda: (
+                F.col("kind").isNull() | (F.col("kind") == "quarantine"),
+                {"date": F.lit(None).cast("date")},
+            ),
+        )
+        envelope_only = enveloped.filter(unrouted)
+        outcomes = [_outcome(envelope_only.withColumns(no_date), None)]
         parsed = {}
         # Every route of the lane's topics (a route with no records costs an empty task,
         # less than a job to ask which are there).
@@ -272,17 +299,8 @@ class BronzeBatch:
         try:
             # One job parses every route (filling the caches) and counts the outcomes, per
             # route, date and symbol with the bounds of their sequences.
-            tally = Tally(
-                _union(outcomes)
-                .groupBy("route", F.col("reason").isNull().alias("good"), "date", "symbol")
-                .agg(
-                    F.count("*").alias("n"),
-                    F.min("seq").alias("low"),
-                    F.max("seq").alias("high"),
-                    F.count_distinct("seq").alias("distinct"),
-                )
-                .collect()
-            )
+            keys, aggregates = _once(("tally",), _tally_columns)
+            tally = Tally(_union(outcomes).groupBy(*keys).agg(*aggregates).collect())
             counts = {"input": tally.total()}
             writes = [
                 Write(route.table, self._good_rows(route, rows, tally), tally.bounds(route.kind))
@@ -290,10 +308,11 @@ class BronzeBatch:
                 if tally.good(route.kind) and route.topic in self._lane.writes
             ]
             if tally.rejected():
+                # Each part keeps only what a quarantine row holds before the union.
                 rejected = _union(
-                    [envelope_only, *[rows.select(*enveloped.columns) for rows in parsed.values()]]
-                ).filter(F.col("reason").isNotNull())
-                writes.append(Write(tables.QUARANTINE, quarantine_rows(rejected), {}))
+                    [quarantine_rows(rows) for rows in (envelope_only, *parsed.values())]
+                )
+                writes.append(Write(tables.QUARANTINE, rejected, {}))
             # A commit is partly driver-side waiting (timeline, listing, small
             # jobs): the tables are written side by side.
             with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
@@ -310,7 +329,11 @@ class BronzeBatch:
         return counts
 
     def _good_rows(self, route: Route, rows: DataFrame, tally: Tally) -> DataFrame:
-        good = rows.filter(F.col("reason").isNull()).select(*_COMMON, *route.columns)
+        is_good, columns = _once(
+            ("good", route.kind),
+            lambda: (F.col("reason").isNull(), [*map(F.col, (*_COMMON, *route.columns))]),
+        )
+        good = rows.filter(is_good).select(*columns)
         if tally.repeats(route.kind):
             # A key twice in one batch: the version the table's ordering prefers.
             order = Window.partitionBy(*route.table.record_key).orderBy(
@@ -395,14 +418,28 @@ class Tally:
 
 def _outcome(rows: DataFrame, route: Route | None) -> DataFrame:
     """What the tally counts of a route's rows: route, reason, date, symbol, sequence."""
-    sequence = tables.SEQUENCE.get(route.table.name) if route else None
-    seq = (
-        sequence_value(sequence, rows.schema[sequence].dataType)
-        if sequence
-        else F.lit(None).cast("long")
-    )
-    name = F.lit(route.kind) if route else _route_name()
-    return rows.select(name.alias("route"), "reason", "date", "symbol", seq.alias("seq"))
+
+    def build() -> list[Column]:
+        sequence = tables.SEQUENCE.get(route.table.name) if route else None
+        seq = (
+            sequence_value(sequence, rows.schema[sequence].dataType)
+            if sequence
+            else F.lit(None).cast("long")
+        )
+        name = F.lit(route.kind) if route else _route_name()
+        return [name.alias("route"), *map(F.col, ("reason", "date", "symbol")), seq.alias("seq")]
+
+    return rows.select(*_once(("outcome", route.kind if route else None), build))
+
+
+def _tally_columns() -> tuple[list[Column], list[Column]]:
+    keys = [F.col("route"), F.col("reason").isNull().alias("good"), F.col("date"), F.col("symbol")]
+    return keys, [
+        F.count("*").alias("n"),
+        F.min("seq").alias("low"),
+        F.max("seq").alias("high"),
+        F.count_distinct("seq").alias("distinct"),
+    ]
 
 
 def _route_name() -> Column:

@@ -5,7 +5,7 @@ Pure DataFrame -> DataFrame functions, no I/O:
   columns, the combined-stream envelope (`stream`, `data` as JSON text), the
   symbol from the stream name and a first reason (not UTF-8, not JSON, a
   stream that does not belong on its topic);
-- `PARSERS[kind]` turns the envelope of one stream type into typed columns
+- `parse_<kind>` turns the envelope of one stream type into typed columns
   and a `reason` (null when the row is good) from the validation rules;
 - `split` separates good rows from quarantine rows.
 
@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pyspark.sql import Column, DataFrame, functions as F, types as T
 
 from streaming_jobs.common import schemas
+from streaming_jobs.common.columns import Projection, built_once
 
 # An exchange time further than this from the producer's receive time is not
 # plausible for a live frame (backfilled rows are exempt: fetched later).
@@ -31,73 +32,87 @@ _ID_RE = r"^[0-9]{1,18}$"
 _US_FROM = 10**15  # 16-digit times are microseconds
 
 LINEAGE = ["kafka_topic", "kafka_partition", "kafka_offset", "recv_time", "backfill", "ingest_time"]
+# The columns with_envelope adds to a Kafka record's, in order.
+ENVELOPE_COLUMNS = (
+    "kind",
+    "raw",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "recv_ns",
+    "recv_time",
+    "recv_exchange_ms",
+    "backfill",
+    "ingest_time",
+    "producer_reason",
+    "stream",
+    "data",
+    "symbol",
+    "reason",
+)
 ENVELOPE = T.StructType(
     [T.StructField("stream", T.StringType()), T.StructField("data", T.StringType())]
 )
 
 
 def _header(name: str) -> Column:
-    value = F.filter("headers", lambda h: h["key"] == F.lit(name))
-    return F.element_at(value, 1)["value"].cast("string")
+    """The first value of the record's header `name`, as text (null if absent).
+
+    As SQL text: a Python lambda costs a round of signature inspection and
+    JVM calls each time a batch builds it.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"not a header name: {name!r}")
+    return F.expr(f"element_at(filter(headers, h -> h.key = '{name}'), 1).value").cast("string")
 
 
 def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataFrame]:
     """Kafka rows -> lineage, stream, symbol, data (JSON text), kind and a first reason."""
-    kinds = F.create_map(*[F.lit(x) for pair in topic_kinds.items() for x in pair])
 
-    def transform(df: DataFrame) -> DataFrame:
+    def build() -> Projection:
+        kinds = F.create_map(*[F.lit(x) for pair in topic_kinds.items() for x in pair])
         text = F.decode("value", "UTF-8")
-        utf8 = F.encode(text, "UTF-8") == F.col("value")
         envelope = F.from_json(text, ENVELOPE)
         # Records without the producer's header (written by other tools) fall
         # back to Kafka's own timestamp.
         recv_ns = F.coalesce(
             _header("recv_ns").cast("long"), F.unix_micros("timestamp") * F.lit(1000)
         )
-        return (
-            df.withColumn("kind", kinds[F.col("topic")])
-            .withColumn("raw", F.col("value"))
-            .withColumn("kafka_topic", F.col("topic"))
-            .withColumn("kafka_partition", F.col("partition"))
-            .withColumn("kafka_offset", F.col("offset"))
-            .withColumn("recv_ns", recv_ns)
-            .withColumn("recv_time", F.timestamp_micros(F.floor(F.col("recv_ns") / 1000)))
+        kind = kinds[F.col("topic")]
+        columns = [
+            kind.alias("kind"),
+            F.col("value").alias("raw"),
+            F.col("topic").alias("kafka_topic"),
+            F.col("partition").alias("kafka_partition"),
+            F.col("offset").alias("kafka_offset"),
+            recv_ns.alias("recv_ns"),
+            F.timestamp_micros(F.floor(recv_ns / 1000)).alias("recv_time"),
             # The receive time on the exchange's clock (see the producer's
             # clock_offset_ns header): what exchange times are judged against.
-            .withColumn(
-                "recv_exchange_ms",
-                F.floor(
-                    (
-                        F.col("recv_ns")
-                        + F.coalesce(_header("clock_offset_ns").cast("long"), F.lit(0))
-                    )
-                    / 1_000_000
-                ),
-            )
-            .withColumn("backfill", F.coalesce(_header("backfill") == "1", F.lit(False)))
-            .withColumn("ingest_time", F.current_timestamp())
-            .withColumn("producer_reason", _header("reason"))
-            .withColumn("stream", envelope["stream"])
-            .withColumn("data", envelope["data"])
-            .withColumn("symbol", F.upper(F.substring_index("stream", "@", 1)))
-            .withColumn("_stream_pattern", _stream_pattern())
-            .withColumn(
-                "reason",
-                F.when(
-                    F.col("kind") == "quarantine", F.coalesce("producer_reason", F.lit("producer"))
-                )
-                .when(~utf8, "not_utf8")
-                .when(
-                    envelope.isNull() | F.col("data").isNull() | F.col("stream").isNull(),
-                    "not_json",
-                )
-                .when(F.col("kind").isNull(), "unknown_topic")
-                .when(~F.expr("stream RLIKE _stream_pattern"), "unknown_stream"),
-            )
-            .drop("_stream_pattern")
+            F.floor(
+                (recv_ns + F.coalesce(_header("clock_offset_ns").cast("long"), F.lit(0)))
+                / 1_000_000
+            ).alias("recv_exchange_ms"),
+            F.coalesce(_header("backfill") == "1", F.lit(False)).alias("backfill"),
+            F.current_timestamp().alias("ingest_time"),
+            _header("reason").alias("producer_reason"),
+            envelope["stream"].alias("stream"),
+            envelope["data"].alias("data"),
+            F.upper(F.substring_index(envelope["stream"], "@", 1)).alias("symbol"),
+            (F.encode(text, "UTF-8") == F.col("value")).alias("_utf8"),
+            _stream_pattern(kind).alias("_stream_pattern"),
+        ]
+        reason = (
+            F.when(F.col("kind") == "quarantine", F.coalesce("producer_reason", F.lit("producer")))
+            .when(~F.col("_utf8"), "not_utf8")
+            # An envelope that is not JSON has neither field.
+            .when(F.col("data").isNull() | F.col("stream").isNull(), "not_json")
+            .when(F.col("kind").isNull(), "unknown_topic")
+            .when(~F.expr("stream RLIKE _stream_pattern"), "unknown_stream")
         )
+        return Projection(columns, {"reason": reason}, drop=("_utf8", "_stream_pattern"))
 
-    return transform
+    return built_once(build)
 
 
 # The streams each topic may carry (the producer routes by them): a
@@ -114,10 +129,10 @@ _STREAM_PATTERNS = {
 }
 
 
-def _stream_pattern() -> Column:
+def _stream_pattern(kind: Column) -> Column:
     """The pattern a record's stream must match on its topic (never matches if unknown)."""
     patterns = F.create_map(*[F.lit(x) for pair in _STREAM_PATTERNS.items() for x in pair])
-    return F.coalesce(patterns[F.col("kind")], F.lit("^$"))
+    return F.coalesce(patterns[kind], F.lit("^$"))
 
 
 def decimal(text: Column) -> Column:
@@ -174,21 +189,20 @@ def _price_rules(
     return rules
 
 
-def _with_reason(df: DataFrame, rules: list[tuple[Column, str]]) -> DataFrame:
+def _checked(
+    columns: list[Column], rules: list[tuple[Column, str]], date: Column, **more: Column
+) -> Projection:
+    """The parsed `columns`, then the reason (the envelope's, else the first rule that
+    fails), `more` and the date."""
     symbol_ok = F.col("payload_symbol").isNull() | (F.col("payload_symbol") == F.col("symbol"))
-    return df.withColumn(
-        "reason",
-        F.coalesce(
-            F.col("reason"),
-            _first_reason((~symbol_ok, "symbol_mismatch"), *rules),
-        ),
-    )
+    reason = F.coalesce(F.col("reason"), _first_reason((~symbol_ok, "symbol_mismatch"), *rules))
+    return Projection(columns, {"reason": reason, **more, "date": date})
 
 
-def parse_trades(df: DataFrame) -> DataFrame:
+@built_once
+def parse_trades() -> Projection:
     d = F.from_json("data", schemas.TRADE)
-    out = df.select(
-        "*",
+    columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["t"]).alias("trade_id"),
         decimal(d["p"]).alias("price"),
@@ -200,7 +214,7 @@ def parse_trades(df: DataFrame) -> DataFrame:
         d["t"].alias("_t"),
         d["p"].alias("_p"),
         d["q"].alias("_q"),
-    )
+    ]
     rules = [
         (F.col("_t").isNull(), "missing_trade_id"),
         (F.col("trade_id").isNull(), "bad_trade_id"),
@@ -209,13 +223,13 @@ def parse_trades(df: DataFrame) -> DataFrame:
         (F.col("trade_time").isNull(), "missing_trade_time"),
         (~_plausible(F.col("trade_time")), "implausible_time"),
     ]
-    return _with_reason(out, rules).withColumn("date", F.to_date("trade_time"))
+    return _checked(columns, rules, F.to_date("trade_time"))
 
 
-def parse_agg_trades(df: DataFrame) -> DataFrame:
+@built_once
+def parse_agg_trades() -> Projection:
     d = F.from_json("data", schemas.AGG_TRADE)
-    out = df.select(
-        "*",
+    columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["a"]).alias("agg_trade_id"),
         decimal(d["p"]).alias("price"),
@@ -227,7 +241,7 @@ def parse_agg_trades(df: DataFrame) -> DataFrame:
         boolean(d["m"]).alias("is_buyer_maker"),
         d["p"].alias("_p"),
         d["q"].alias("_q"),
-    )
+    ]
     rules = [
         (F.col("agg_trade_id").isNull(), "bad_agg_trade_id"),
         (F.col("first_trade_id").isNull() | F.col("last_trade_id").isNull(), "bad_trade_ids"),
@@ -237,10 +251,11 @@ def parse_agg_trades(df: DataFrame) -> DataFrame:
         (F.col("trade_time").isNull(), "missing_trade_time"),
         (~_plausible(F.col("trade_time")), "implausible_time"),
     ]
-    return _with_reason(out, rules).withColumn("date", F.to_date("trade_time"))
+    return _checked(columns, rules, F.to_date("trade_time"))
 
 
-def parse_klines(df: DataFrame) -> DataFrame:
+@built_once
+def parse_klines() -> Projection:
     d = F.from_json("data", schemas.KLINE)
     k = d["k"]
     prices = ["o", "h", "l", "c"]
@@ -255,8 +270,7 @@ def parse_klines(df: DataFrame) -> DataFrame:
         "V": "taker_buy_base",
         "Q": "taker_buy_quote",
     }
-    out = df.select(
-        "*",
+    columns = [
         F.coalesce(k["s"], d["s"]).alias("payload_symbol"),
         k["i"].alias("interval"),
         exchange_time(k["t"]).alias("open_time"),
@@ -268,7 +282,7 @@ def parse_klines(df: DataFrame) -> DataFrame:
         long_id(k["n"]).alias("trade_count"),
         boolean(k["x"]).alias("is_closed"),
         *[k[c].alias(f"_{names[c]}") for c in prices + volumes],
-    )
+    ]
     rules = [
         (F.col("interval").isNull() | F.col("open_time").isNull(), "missing_kline_key"),
         (F.col("event_time").isNull(), "missing_event_time"),
@@ -282,14 +296,11 @@ def parse_klines(df: DataFrame) -> DataFrame:
     rules.append((~_plausible(F.col("event_time")), "implausible_time"))
     # The closed push beats every open push; among equals the later event wins.
     version = F.col("is_closed").cast("long") * F.lit(10**16) + F.unix_millis("event_time")
-    return (
-        _with_reason(out, rules)
-        .withColumn("push_version", version)
-        .withColumn("date", F.to_date("open_time"))
-    )
+    return _checked(columns, rules, F.to_date("open_time"), push_version=version)
 
 
-def parse_tickers(df: DataFrame) -> DataFrame:
+@built_once
+def parse_tickers() -> Projection:
     d = F.from_json("data", schemas.TICKER)
     fields = {
         "p": "price_change",
@@ -309,8 +320,7 @@ def parse_tickers(df: DataFrame) -> DataFrame:
         "q": "quote_volume",
     }
     signed = {"p", "P"}  # changes can be negative
-    out = df.select(
-        "*",
+    columns = [
         d["s"].alias("payload_symbol"),
         exchange_time(d["E"]).alias("event_time"),
         *[
@@ -327,47 +337,47 @@ def parse_tickers(df: DataFrame) -> DataFrame:
         long_id(d["L"]).alias("last_trade_id"),
         long_id(d["n"]).alias("trade_count"),
         d["c"].alias("_c"),
-    )
+    ]
     rules = [
         (F.col("event_time").isNull(), "missing_event_time"),
         *_price_rules("last_price", F.col("_c"), F.col("last_price"), positive=True),
         (~_plausible(F.col("event_time")), "implausible_time"),
     ]
-    return _with_reason(out, rules).withColumn("date", F.to_date("event_time"))
+    return _checked(columns, rules, F.to_date("event_time"))
 
 
-def parse_depth(df: DataFrame) -> DataFrame:
+@built_once
+def parse_depth() -> Projection:
     """Partial book snapshots (depth5/10/20): no symbol and no event time in the payload."""
     d = F.from_json("data", schemas.PARTIAL_DEPTH)
-    out = df.select(
-        "*",
+    columns = [
         F.lit(None).cast("string").alias("payload_symbol"),
         long_id(d["lastUpdateId"]).alias("last_update_id"),
         levels(d["bids"]).alias("bids"),
         levels(d["asks"]).alias("asks"),
         F.regexp_extract("stream", r"@depth([0-9]+)", 1).cast("int").alias("levels"),
-    )
+    ]
     rules = [
         (F.col("last_update_id").isNull(), "bad_update_id"),
         (F.col("bids").isNull() | F.col("asks").isNull(), "bad_levels"),
     ]
     # No exchange time exists in this payload: the UTC date of receipt is the
     # only date there is.
-    return _with_reason(out, rules).withColumn("date", F.to_date("recv_time"))
+    return _checked(columns, rules, F.to_date("recv_time"))
 
 
-def parse_depth_updates(df: DataFrame) -> DataFrame:
+@built_once
+def parse_depth_updates() -> Projection:
     """Diff depth (depth, depth@100ms): U..u update ids, changed levels."""
     d = F.from_json("data", schemas.DIFF_DEPTH)
-    out = df.select(
-        "*",
+    columns = [
         d["s"].alias("payload_symbol"),
         exchange_time(d["E"]).alias("event_time"),
         long_id(d["U"]).alias("first_update_id"),
         long_id(d["u"]).alias("final_update_id"),
         levels(d["b"]).alias("bids"),
         levels(d["a"]).alias("asks"),
-    )
+    ]
     rules = [
         (F.col("first_update_id").isNull() | F.col("final_update_id").isNull(), "bad_update_id"),
         (F.col("final_update_id") < F.col("first_update_id"), "bad_update_id"),
@@ -375,24 +385,24 @@ def parse_depth_updates(df: DataFrame) -> DataFrame:
         (F.col("event_time").isNull(), "missing_event_time"),
         (~_plausible(F.col("event_time")), "implausible_time"),
     ]
-    return _with_reason(out, rules).withColumn("date", F.to_date("event_time"))
+    return _checked(columns, rules, F.to_date("event_time"))
 
 
-def parse_book_tickers(df: DataFrame) -> DataFrame:
+@built_once
+def parse_book_tickers() -> Projection:
     """Best bid/ask: no event time in the payload (date of receipt, as for partial depth)."""
     d = F.from_json("data", schemas.BOOK_TICKER)
     names = {"b": "bid_price", "B": "bid_qty", "a": "ask_price", "A": "ask_qty"}
-    out = df.select(
-        "*",
+    columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["u"]).alias("update_id"),
         *[decimal(d[c]).alias(name) for c, name in names.items()],
         *[d[c].alias(f"_{name}") for c, name in names.items()],
-    )
+    ]
     rules: list[tuple[Column, str]] = [(F.col("update_id").isNull(), "bad_update_id")]
     for c, name in names.items():
         rules += _price_rules(name, F.col(f"_{name}"), F.col(name), positive=c in "ba")
-    return _with_reason(out, rules).withColumn("date", F.to_date("recv_time"))
+    return _checked(columns, rules, F.to_date("recv_time"))
 
 
 def is_diff_depth(stream: Column) -> Column:

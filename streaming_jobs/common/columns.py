@@ -1,8 +1,17 @@
-"""Column expressions shared by the layers: pure Column -> Column helpers."""
+"""Column expressions shared by the layers: pure Column -> Column helpers, and
+expressions built once per JVM instead of once per batch."""
 
 from __future__ import annotations
 
-from pyspark.sql import Column
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pyspark import SparkContext
+from pyspark.sql import Column, DataFrame
+
+T = TypeVar("T")
 
 
 def any_of(conditions: list[Column]) -> Column:
@@ -20,3 +29,53 @@ def any_of(conditions: list[Column]) -> Column:
         pairs = [a | b for a, b in zip(level[::2], level[1::2], strict=False)]
         level = pairs + ([level[-1]] if len(level) % 2 else [])
     return level[0]
+
+
+def per_jvm(build: Callable[[], T]) -> Callable[[], T]:
+    """`build()`, called on first use and kept for the life of the JVM.
+
+    A Column is a JVM expression that any DataFrame can take, so expressions
+    a batch needs every time are built once, not per batch: building a
+    bronze parser's costs hundreds of calls from Python into the JVM, which
+    on two busy cores made a quarter of a small batch (make bench-cpu's
+    profile). Thread-safe: a driver's queries share what is built.
+    """
+    built: dict[int, T] = {}
+    lock = threading.Lock()
+
+    def get() -> T:
+        jvm = id(SparkContext._gateway)
+        with lock:
+            if jvm not in built:
+                built.clear()
+                built[jvm] = build()
+            return built[jvm]
+
+    return get
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Columns added to a frame's, then columns computed from them (replacing any of
+    the same name), then `drop`: two or three DataFrames whatever the number of columns
+    (each one a batch builds is analysed again on the driver)."""
+
+    columns: list[Column]
+    derived: dict[str, Column]
+    drop: tuple[str, ...] = field(default=())
+
+    def __call__(self, df: DataFrame) -> DataFrame:
+        out = df.select("*", *self.columns).withColumns(self.derived)
+        return out.drop(*self.drop) if self.drop else out
+
+
+def built_once(build: Callable[[], Projection]) -> Callable[[DataFrame], DataFrame]:
+    """The transform of `build`'s projection, its expressions built once per JVM."""
+    projection = per_jvm(build)
+
+    def transform(df: DataFrame) -> DataFrame:
+        return projection()(df)
+
+    transform.__name__ = transform.__qualname__ = build.__name__
+    transform.__doc__ = build.__doc__
+    return transform
