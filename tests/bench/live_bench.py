@@ -2,7 +2,7 @@
 
     python -m tests.bench.live_bench                                 (make bench-live)
     python -m tests.bench.live_bench --storage minio                 (make bench-live)
-    python -m tests.bench.live_bench --capture demo --minutes 5      (make bench-cpu)
+    python -m tests.bench.live_bench --capture demo --minutes 11 --warmup-s 480 (make bench-cpu)
     python -m tests.bench.live_bench --minutes 135 --soak            (make soak)
 
 The stack runs as `make up` runs it (tests/chaos/stack.py: Kafka, MinIO,
@@ -73,6 +73,7 @@ from tests.bench.market_bench import (
     log,
     market_conf,
     spread,
+    stack_cores_by_minute,
     stages,
 )
 from tests.bench.producer_bench import memory_gb
@@ -319,6 +320,7 @@ def main(argv: list[str]) -> int:
         "trade_to_rows": rows,
         "tables_written": tables_present,
         "cores": cores(phase.samples, args.warmup_s),
+        "stack_cores_by_minute": stack_cores_by_minute(phase.samples),
         "driver_threads": threads,
         "batches_s": batch_spread(settings, since, ended_wall),
         "peak_rss_mb": max((s["rss_total_mb"] for s in phase.samples), default=0),
@@ -408,6 +410,17 @@ def render(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
         + f". Peak RSS of the stack: {r['peak_rss_mb']:,} MB.",
         "",
+        *(
+            [
+                "The stack's cores minute by minute from the start (the warm-up is the "
+                "JVMs' JIT compiling): "
+                + ", ".join(f"{v:.2f}" for v in r["stack_cores_by_minute"])
+                + ".",
+                "",
+            ]
+            if r.get("stack_cores_by_minute")
+            else []
+        ),
         *(
             [
                 "Where each driver's CPU goes, by JVM thread (`python -m tests.bench.jvm_threads` "

@@ -439,6 +439,19 @@ def cores(samples: list[dict[str, Any]], since_s: float) -> dict[str, float]:
     return out
 
 
+def stack_cores_by_minute(samples: list[dict[str, Any]]) -> list[float]:
+    """The whole stack's cores (as `cores`) in each whole minute from the phase's start."""
+    if not samples:
+        return []
+    out = []
+    for minute in range(int(samples[-1]["t_s"] // 60)):
+        window = [s for s in samples if minute * 60 <= s["t_s"] <= (minute + 1) * 60]
+        used = cores(window, minute * 60)
+        if used:
+            out.append(used["stack"])
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.market_bench")
     parser.add_argument("--symbols", type=int, default=2000)
