@@ -199,6 +199,11 @@ def write_options(table: HudiTable, batch: Batch | None = None) -> dict[str, str
         "hoodie.clean.commits.retained": "50",
         "hoodie.keep.min.commits": "60",
         "hoodie.keep.max.commits": "80",
+        # Plan a clean every 10 commits, not after each: planning reads the timeline and
+        # lists the partitions a commit touched, a fixed cost of every small streaming
+        # commit (a clean job per commit in each driver's Spark UI, make bench-cpu).
+        # Files of up to 60 commits are kept instead of 50, never fewer.
+        "hoodie.clean.max.commits": "10",
         # The metadata table is the stack's documented fallback to turn off
         # (../shared/docs/stack.md): it costs a second commit per write
         # (make bench-write, `metadata`), and the tables here are few

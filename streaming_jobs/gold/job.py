@@ -239,6 +239,11 @@ class GoldBatch:
         for r in changed:
             if r.final_from_ms is not None:
                 since[r.interval] = min(since.get(r.interval, r.final_from_ms), r.final_from_ms)
+        if not since:
+            # No bar became final or changed after it was: no event can appear or go,
+            # and an empty upsert would still cost a commit (most batches: a minute
+            # ends once every four 15 s triggers).
+            return []
         final = context.filter(F.col("is_final") & F.col("final_from_ms").isNotNull()).select(
             "symbol",
             "interval",
@@ -261,7 +266,7 @@ class GoldBatch:
             .localCheckpoint()
         )
         path = self._settings.table_path(tables.SIGNALS.name)
-        if since and table_exists(self._spark, path):
+        if table_exists(self._spark, path):
             # Events of recomputed bars that the new values no longer give.
             starts = context.select("symbol", "interval", "final_from_ms").distinct()
             gone = (
