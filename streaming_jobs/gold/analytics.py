@@ -276,11 +276,12 @@ RISK_COLUMNS = [
 
 
 def _crossings(
-    name: str, prev: np.ndarray, cur: np.ndarray, level: float
+    name: str, prev: np.ndarray, cur: np.ndarray, level: float, first: int
 ) -> list[tuple[int, str, str]]:
-    """(row, signal, direction) where a value crosses `level`: up if prev <= level < cur."""
+    """(row, signal, direction) from row `first` on where a value crosses `level`: up if
+    prev <= level < cur."""
     out = []
-    for i in range(1, len(cur)):
+    for i in range(max(1, first), len(cur)):
         p, c = prev[i], cur[i]
         if np.isnan(p) or np.isnan(c):
             continue
@@ -312,13 +313,15 @@ def signals(
     close, macd, signal = col("close"), col("macd"), col("macd_signal")
     rsi, upper, lower = col("rsi_14"), col("bb_upper"), col("bb_lower")
     sma, ema = col("sma_20"), col("ema_12")
+    # Bars before since_ms are context: events are looked for from the first one after.
+    first = int(np.searchsorted(bars["open_ms"].to_numpy(), since_ms))
     events = [
-        *_crossings("macd_cross", _shifted(macd - signal), macd - signal, 0.0),
-        *_crossings("ema_sma_cross", _shifted(ema - sma), ema - sma, 0.0),
-        *_crossings("rsi_70", _shifted(rsi), rsi, 70.0),
-        *_crossings("rsi_30", _shifted(rsi), rsi, 30.0),
+        *_crossings("macd_cross", _shifted(macd - signal), macd - signal, 0.0, first),
+        *_crossings("ema_sma_cross", _shifted(ema - sma), ema - sma, 0.0, first),
+        *_crossings("rsi_70", _shifted(rsi), rsi, 70.0, first),
+        *_crossings("rsi_30", _shifted(rsi), rsi, 30.0, first),
     ]
-    for i in range(1, len(bars)):
+    for i in range(max(1, first), len(bars)):
         if close[i] > upper[i] and close[i - 1] <= upper[i - 1]:
             events.append((i, "bb_breakout", "up"))
         elif close[i] < lower[i] and close[i - 1] >= lower[i - 1]:
@@ -327,7 +330,7 @@ def signals(
     if anomaly_window is not None:
         log_ret = np.log(close / _shifted(close))
         for name, series in (("anomaly_return", log_ret), ("anomaly_volume", col("volume"))):
-            for i in range(anomaly_window, len(bars)):
+            for i in range(max(anomaly_window, first), len(bars)):
                 past = series[i - anomaly_window : i]
                 if np.isnan(series[i]) or np.isnan(past).any():
                     continue

@@ -286,3 +286,21 @@ def test_anomalies_are_z_scores_against_the_previous_window(bars: pd.DataFrame) 
     ours = {(int(r.open_ms), r.signal, r.direction) for r in anomalies.itertuples()}
     assert ours == expected and len(ours) > 10
     assert anomalies["z_score"].abs().min() > 4.0
+
+
+@pytest.mark.parametrize("since_index", [1, 61, 1000, -2])
+def test_signals_since_a_bar_are_the_whole_series_events_from_it(
+    bars: pd.DataFrame, since_index: int
+) -> None:
+    """Gold recomputes from the first changed bar; the bars before it are only context."""
+    closes = bars["close"].astype(float).to_numpy()
+    series = bars[["open_ms", "close", "volume"]].assign(**talib_reference(closes))
+    since_ms = int(bars["open_ms"].iat[since_index])
+    whole = A.signals(series, 0, 60, 4.0)
+    expected = whole[whole["open_ms"] >= since_ms].reset_index(drop=True)
+    got = A.signals(series, since_ms, 60, 4.0)
+    key = ["open_ms", "signal"]
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
+    )
