@@ -72,6 +72,7 @@ from tests.bench.market_bench import (
     freshness,
     log,
     market_conf,
+    peak_rss_by_process,
     spread,
     stack_cores_by_minute,
     stages,
@@ -324,6 +325,7 @@ def main(argv: list[str]) -> int:
         "driver_threads": threads,
         "batches_s": batch_spread(settings, since, ended_wall),
         "peak_rss_mb": max((s["rss_total_mb"] for s in phase.samples), default=0),
+        "peak_rss_by_process_mb": peak_rss_by_process(phase.samples),
         "goals": GOALS,
     }
     if args.soak:
@@ -408,7 +410,15 @@ def render(r: dict[str, Any]) -> str:
         "",
         "CPU (cores, from /proc; `stack` is every process but the replay exchange): "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
-        + f". Peak RSS of the stack: {r['peak_rss_mb']:,} MB.",
+        + f". Peak RSS of the stack: {r['peak_rss_mb']:,} MB"
+        + (
+            " (each process's peak: "
+            + ", ".join(f"{k} {v:,}" for k, v in r["peak_rss_by_process_mb"].items())
+            + ")"
+            if r.get("peak_rss_by_process_mb")
+            else ""
+        )
+        + ".",
         "",
         *(
             [

@@ -439,6 +439,12 @@ def cores(samples: list[dict[str, Any]], since_s: float) -> dict[str, float]:
     return out
 
 
+def peak_rss_by_process(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """Each component's peak RSS (MB) over the samples."""
+    names = sorted({k for s in samples for k in s.get("rss_mb", {})})
+    return {k: max(s["rss_mb"].get(k, 0) for s in samples if "rss_mb" in s) for k in names}
+
+
 def stack_cores_by_minute(samples: list[dict[str, Any]]) -> list[float]:
     """The whole stack's cores (as `cores`) in each whole minute from the phase's start."""
     if not samples:
@@ -511,10 +517,7 @@ def main(argv: list[str]) -> int:
                 "cores": cores(samples, 60.0),
                 "freshness": freshness(spark, phase),
                 "peak_rss_mb": max((s["rss_total_mb"] for s in samples), default=0),
-                "peak_rss_by_process_mb": {
-                    k: max(s["rss_mb"].get(k, 0) for s in samples)
-                    for k in sorted({k for s in samples for k in s["rss_mb"]})
-                },
+                "peak_rss_by_process_mb": peak_rss_by_process(samples),
                 "samples": samples,
             }
         try:
