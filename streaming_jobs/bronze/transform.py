@@ -2,12 +2,12 @@
 
 Pure DataFrame -> DataFrame functions, no I/O:
 - `with_envelope` decodes a Kafka record (value, headers) into lineage
-  columns, the combined-stream envelope (`stream`, `data` as JSON text), the
-  symbol from the stream name and a first reason (not UTF-8, not JSON, a
-  stream that does not belong on its topic);
-- `parse_<kind>` turns the envelope of one stream type into typed columns
-  and a `reason` (null when the row is good) from the validation rules;
-- `split` separates good rows from quarantine rows.
+  columns, the combined-stream envelope's `stream`, the symbol from the
+  stream name and a first reason (not UTF-8, not JSON, a stream that does
+  not belong on its topic);
+- `parse_<kind>` parses the `data` object of one stream type's frames into
+  typed columns and a `reason` (null when the row is good) from the
+  validation rules.
 
 Conversions are checked before they happen: decimals must match
 `^[0-9]+(\\.[0-9]{1,8})?$` (Binance sends at most 8 decimals, so the cast
@@ -46,12 +46,14 @@ ENVELOPE_COLUMNS = (
     "ingest_time",
     "producer_reason",
     "stream",
-    "data",
     "symbol",
     "reason",
 )
+# The envelope's stream, and whether it has a `data` object: an empty struct makes
+# the parser skip the object's content instead of copying it out as text. Each
+# route parses its frames once, whole (`_payload`).
 ENVELOPE = T.StructType(
-    [T.StructField("stream", T.StringType()), T.StructField("data", T.StringType())]
+    [T.StructField("stream", T.StringType()), T.StructField("data", T.StructType([]))]
 )
 
 
@@ -97,7 +99,7 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
             F.current_timestamp().alias("ingest_time"),
             _header("reason").alias("producer_reason"),
             envelope["stream"].alias("stream"),
-            envelope["data"].alias("data"),
+            envelope["data"].isNotNull().alias("_has_data"),
             F.upper(F.substring_index(envelope["stream"], "@", 1)).alias("symbol"),
             (F.encode(text, "UTF-8") == F.col("value")).alias("_utf8"),
             _stream_pattern(kind).alias("_stream_pattern"),
@@ -106,11 +108,13 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
             F.when(F.col("kind") == "quarantine", F.coalesce("producer_reason", F.lit("producer")))
             .when(~F.col("_utf8"), "not_utf8")
             # An envelope that is not JSON has neither field.
-            .when(F.col("data").isNull() | F.col("stream").isNull(), "not_json")
+            .when(~F.col("_has_data") | F.col("stream").isNull(), "not_json")
             .when(F.col("kind").isNull(), "unknown_topic")
             .when(~F.expr("stream RLIKE _stream_pattern"), "unknown_stream")
         )
-        return Projection(columns, {"reason": reason}, drop=("_utf8", "_stream_pattern"))
+        return Projection(
+            columns, {"reason": reason}, drop=("_utf8", "_has_data", "_stream_pattern")
+        )
 
     return built_once(build)
 
@@ -133,6 +137,12 @@ def _stream_pattern(kind: Column) -> Column:
     """The pattern a record's stream must match on its topic (never matches if unknown)."""
     patterns = F.create_map(*[F.lit(x) for pair in _STREAM_PATTERNS.items() for x in pair])
     return F.coalesce(patterns[kind], F.lit("^$"))
+
+
+def _payload(schema: T.StructType) -> Column:
+    """The frame's `data` object, parsed with a stream type's schema."""
+    frame = T.StructType([T.StructField("data", schema)])
+    return F.from_json(F.decode("raw", "UTF-8"), frame)["data"]
 
 
 def decimal(text: Column) -> Column:
@@ -201,7 +211,7 @@ def _checked(
 
 @built_once
 def parse_trades() -> Projection:
-    d = F.from_json("data", schemas.TRADE)
+    d = _payload(schemas.TRADE)
     columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["t"]).alias("trade_id"),
@@ -228,7 +238,7 @@ def parse_trades() -> Projection:
 
 @built_once
 def parse_agg_trades() -> Projection:
-    d = F.from_json("data", schemas.AGG_TRADE)
+    d = _payload(schemas.AGG_TRADE)
     columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["a"]).alias("agg_trade_id"),
@@ -256,7 +266,7 @@ def parse_agg_trades() -> Projection:
 
 @built_once
 def parse_klines() -> Projection:
-    d = F.from_json("data", schemas.KLINE)
+    d = _payload(schemas.KLINE)
     k = d["k"]
     prices = ["o", "h", "l", "c"]
     volumes = ["v", "q", "V", "Q"]
@@ -301,7 +311,7 @@ def parse_klines() -> Projection:
 
 @built_once
 def parse_tickers() -> Projection:
-    d = F.from_json("data", schemas.TICKER)
+    d = _payload(schemas.TICKER)
     fields = {
         "p": "price_change",
         "P": "price_change_pct",
@@ -349,7 +359,7 @@ def parse_tickers() -> Projection:
 @built_once
 def parse_depth() -> Projection:
     """Partial book snapshots (depth5/10/20): no symbol and no event time in the payload."""
-    d = F.from_json("data", schemas.PARTIAL_DEPTH)
+    d = _payload(schemas.PARTIAL_DEPTH)
     columns = [
         F.lit(None).cast("string").alias("payload_symbol"),
         long_id(d["lastUpdateId"]).alias("last_update_id"),
@@ -369,7 +379,7 @@ def parse_depth() -> Projection:
 @built_once
 def parse_depth_updates() -> Projection:
     """Diff depth (depth, depth@100ms): U..u update ids, changed levels."""
-    d = F.from_json("data", schemas.DIFF_DEPTH)
+    d = _payload(schemas.DIFF_DEPTH)
     columns = [
         d["s"].alias("payload_symbol"),
         exchange_time(d["E"]).alias("event_time"),
@@ -391,7 +401,7 @@ def parse_depth_updates() -> Projection:
 @built_once
 def parse_book_tickers() -> Projection:
     """Best bid/ask: no event time in the payload (date of receipt, as for partial depth)."""
-    d = F.from_json("data", schemas.BOOK_TICKER)
+    d = _payload(schemas.BOOK_TICKER)
     names = {"b": "bid_price", "B": "bid_qty", "a": "ask_price", "A": "ask_qty"}
     columns = [
         d["s"].alias("payload_symbol"),
