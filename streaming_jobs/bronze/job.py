@@ -29,14 +29,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window, functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.bronze.guard import Bounds, SequenceGuard, sequence_value
-from streaming_jobs.common.columns import per_jvm
+from streaming_jobs.common.columns import once
 from streaming_jobs.common.hudi import (
     Batch,
     BatchLedger,
@@ -50,7 +49,6 @@ from streaming_jobs.common.settings import Settings
 from streaming_jobs.common.spark import in_pool
 
 log = logging.getLogger("bronze")
-T = TypeVar("T")
 
 # Tables committed at once within a batch (see BronzeBatch._write).
 UPSERT_THREADS = 4
@@ -97,17 +95,6 @@ def lanes(settings: Settings) -> list[Lane]:
 QUARANTINE_TURN = threading.Lock()
 
 
-# The expressions every batch applies, by purpose: built once per JVM (per_jvm).
-_expressions = per_jvm(dict[tuple[object, ...], Any])
-
-
-def _once(key: tuple[object, ...], build: Callable[[], T]) -> T:
-    cache = _expressions()
-    if key not in cache:
-        cache[key] = build()
-    return cast(T, cache[key])
-
-
 def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], DataFrame]:
     def condition() -> Column:
         rows = F.col("kind") == kind
@@ -119,7 +106,7 @@ def _kind(kind: str, diff_depth: bool | None = None) -> Callable[[DataFrame], Da
         return rows & (diff if diff_depth else ~diff)
 
     def select(df: DataFrame) -> DataFrame:
-        return df.filter(_once(("kind", kind, diff_depth), condition))
+        return df.filter(once(("bronze", "kind", kind, diff_depth), condition))
 
     return select
 
@@ -238,7 +225,7 @@ def quarantine_rows(df: DataFrame) -> DataFrame:
             F.to_date(F.coalesce("recv_time", "ingest_time")).alias("date"),
         ]
 
-    rejected, columns = _once(("quarantine",), build)
+    rejected, columns = once(("bronze", "quarantine"), build)
     return df.filter(rejected).select(*columns)
 
 
@@ -280,8 +267,8 @@ class BronzeBatch:
         )
 
     def _write(self, enveloped: DataFrame, batch: Batch) -> dict[str, int]:
-        unrouted, no_date = _once(
-            ("unrouted",),
+        unrouted, no_date = once(
+            ("bronze", "unrouted"),
             lambda: (
                 F.col("kind").isNull() | (F.col("kind") == "quarantine"),
                 {"date": F.lit(None).cast("date")},
@@ -299,7 +286,7 @@ class BronzeBatch:
         try:
             # One job parses every route (filling the caches) and counts the outcomes, per
             # route, date and symbol with the bounds of their sequences.
-            keys, aggregates = _once(("tally",), _tally_columns)
+            keys, aggregates = once(("bronze", "tally"), _tally_columns)
             tally = Tally(_union(outcomes).groupBy(*keys).agg(*aggregates).collect())
             counts = {"input": tally.total()}
             writes = [
@@ -329,8 +316,8 @@ class BronzeBatch:
         return counts
 
     def _good_rows(self, route: Route, rows: DataFrame, tally: Tally) -> DataFrame:
-        is_good, columns = _once(
-            ("good", route.kind),
+        is_good, columns = once(
+            ("bronze", "good", route.kind),
             lambda: (F.col("reason").isNull(), [*map(F.col, (*_COMMON, *route.columns))]),
         )
         good = rows.filter(is_good).select(*columns)
@@ -429,7 +416,7 @@ def _outcome(rows: DataFrame, route: Route | None) -> DataFrame:
         name = F.lit(route.kind) if route else _route_name()
         return [name.alias("route"), *map(F.col, ("reason", "date", "symbol")), seq.alias("seq")]
 
-    return rows.select(*_once(("outcome", route.kind if route else None), build))
+    return rows.select(*once(("bronze", "outcome", route.kind if route else None), build))
 
 
 def _tally_columns() -> tuple[list[Column], list[Column]]:

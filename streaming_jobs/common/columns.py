@@ -4,9 +4,9 @@ expressions built once per JVM instead of once per batch."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame
@@ -31,27 +31,35 @@ def any_of(conditions: list[Column]) -> Column:
     return level[0]
 
 
-def per_jvm(build: Callable[[], T]) -> Callable[[], T]:
-    """`build()`, called on first use and kept for the life of the JVM.
+# What once() built, for the JVM whose gateway has this id.
+_built: dict[int, dict[Hashable, Any]] = {}
+_lock = threading.Lock()
+
+
+def once(key: Hashable, build: Callable[[], T]) -> T:
+    """`build()` the first time `key` is asked for, kept for the life of the JVM.
 
     A Column is a JVM expression that any DataFrame can take, so expressions
     a batch needs every time are built once, not per batch: building a
     bronze parser's costs hundreds of calls from Python into the JVM, which
     on two busy cores made a quarter of a small batch (make bench-cpu's
-    profile). Thread-safe: a driver's queries share what is built.
+    profile). Thread-safe: a driver's queries share what is built; what a
+    JVM that is gone built is never handed out.
     """
-    built: dict[int, T] = {}
-    lock = threading.Lock()
+    jvm = id(SparkContext._gateway)
+    with _lock:
+        if jvm not in _built:
+            _built.clear()
+            _built[jvm] = {}
+        built = _built[jvm]
+        if key not in built:
+            built[key] = build()
+        return cast(T, built[key])
 
-    def get() -> T:
-        jvm = id(SparkContext._gateway)
-        with lock:
-            if jvm not in built:
-                built.clear()
-                built[jvm] = build()
-            return built[jvm]
 
-    return get
+def per_jvm(build: Callable[[], T]) -> Callable[[], T]:
+    """`build`, as once() keeps it."""
+    return lambda: once(build, build)
 
 
 @dataclass(frozen=True)
