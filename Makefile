@@ -31,6 +31,7 @@ TOOLS := $(CURDIR)/.tools
 MINIO_BIN := $(TOOLS)/minio/$(MINIO_VERSION)/minio
 KAFKA_LIBS := $(TOOLS)/kafka/libs
 PYFILES := .build/streaming_jobs.zip
+LOCALFS_JAR := .build/lakehouse-localfs.jar
 MVN := mvn -q -B -Dstyle.color=never
 STATE_DIR ?= $(CURDIR)/.state
 TEST_STATE_DIR ?= $(STATE_DIR)/test
@@ -44,7 +45,8 @@ export STATE_DIR
 help:
 	@sed -n 's/^#   //p' Makefile
 
-setup: $(VENV)/.installed $(PYFILES) jars/lib/.resolved $(KAFKA_LIBS)/.resolved $(MINIO_BIN) .tools/.prometheus
+setup: $(VENV)/.installed $(PYFILES) jars/lib/.resolved $(LOCALFS_JAR) $(KAFKA_LIBS)/.resolved $(MINIO_BIN) \
+	.tools/.prometheus
 	@echo "setup: done"
 
 # The project's code for Spark executors (--py-files); ./spark-submit.sh runs
@@ -63,6 +65,17 @@ jars/lib/.resolved: jars/pom.xml
 	rm -rf jars/lib
 	$(MVN) -f jars/pom.xml dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=lib
 	@touch $@
+
+# Hadoop's local file system without a forked chmod / ls per file
+# (jars/localfs/lakehouse/hadoop/NioLocalFileSystem.java), against the Hadoop API
+# Spark ships; the JDK's javac (Spark runs on the same JDK 17).
+$(LOCALFS_JAR): $(shell find jars/localfs -name '*.java') $(VENV)/.installed
+	@command -v javac >/dev/null || { echo "setup: javac (JDK 17) is needed to build $@" >&2; exit 1; }
+	@rm -rf .build/localfs && mkdir -p .build/localfs
+	javac -nowarn --release 8 -d .build/localfs \
+	  -cp "$$(ls $(VENV)/lib/python3*/site-packages/pyspark/jars/hadoop-client-api-*.jar)" \
+	  $(shell find jars/localfs -name '*.java')
+	jar cf $@.tmp -C .build/localfs . && mv $@.tmp $@
 
 # Optional peer for `make bench`: HoodieStreamer (not served by every registry).
 jars-streamer:

@@ -203,7 +203,7 @@ def write_options(table: HudiTable, batch: Batch | None = None) -> dict[str, str
         # lists the partitions a commit touched, a fixed cost of every small streaming
         # commit (a clean job per commit in each driver's Spark UI, make bench-cpu).
         # Files of up to 60 commits are kept instead of 50, never fewer.
-        "hoodie.clean.max.commits": "10",
+        "hoodie.clean.trigger.max.commits": "10",
         # The metadata table is the stack's documented fallback to turn off
         # (../shared/docs/stack.md): it costs a second commit per write
         # (make bench-write, `metadata`), and the tables here are few
