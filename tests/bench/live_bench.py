@@ -25,7 +25,8 @@ Measured, from `--warmup-s` after the start to the end of the run:
   gold_market_summary version at or above that one's volume, minus the
   trade's exchange time on the wall clock (the sampler's period is its
   resolution);
-- CPU: cores per process of the stack, from /proc (utime + stime), the
+- CPU: cores per process of the stack, from /proc (utime + stime, with the
+  children that ended: Hadoop's forked commands, exited workers), the
   replay exchange apart (it stands in for Binance);
 - each query's batch durations, from the layers' logs;
 - delivered rates: records that reached the trade and kline topics at the
@@ -408,7 +409,8 @@ def render(r: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "CPU (cores, from /proc; `stack` is every process but the replay exchange): "
+        "CPU (cores, from /proc, each process with its children that ended; `stack` is every "
+        "process but the replay exchange): "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
         + f". Peak RSS of the stack: {r['peak_rss_mb']:,} MB"
         + (

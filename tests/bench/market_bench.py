@@ -106,9 +106,16 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def stack_processes(state: Path) -> dict[int, tuple[str, float, float]]:
+    return {pid: (name, rss, cpu) for pid, (name, rss, cpu, _) in _processes(state).items()}
+
+
+def _processes(state: Path) -> dict[int, tuple[str, float, float, int]]:
     """pid -> (component, resident MB, CPU seconds so far) of every process of the stack
     (started with its STATE_DIR). A process nobody names (Spark's Python workers) counts
-    for the component of its nearest named ancestor."""
+    for the component of its nearest named ancestor. The CPU includes that of the
+    process's children that ended (short-lived commands a JVM forks, workers that
+    exited): they are gone from /proc by the end of a window, and their parent's
+    cutime/cstime is the only place their CPU is left."""
     marker = f"STATE_DIR={state}".encode()
     found: dict[int, tuple[str, int, float, float]] = {}
     for proc in Path("/proc").iterdir():
@@ -123,13 +130,14 @@ def stack_processes(state: Path) -> dict[int, tuple[str, float, float]]:
         except OSError:
             continue
         rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-        cpu = (int(stat[11]) + int(stat[12])) / _TICK  # utime + stime
+        cpu = sum(int(stat[i]) for i in (11, 12, 13, 14)) / _TICK  # u/s time, children's
         found[int(proc.name)] = (_component(cmdline), int(stat[1]), rss / 1024, cpu)
     out = {}
     for pid, (name, parent, rss_mb_, cpu) in found.items():
-        while name == "other" and parent in found:
-            name, parent = found[parent][0], found[parent][1]
-        out[pid] = (name, rss_mb_, cpu)
+        ancestor = parent
+        while name == "other" and ancestor in found:
+            name, ancestor = found[ancestor][0], found[ancestor][1]
+        out[pid] = (name, rss_mb_, cpu, parent)
     return out
 
 
@@ -141,12 +149,13 @@ def rss_mb(state: Path) -> dict[str, float]:
     return groups
 
 
-def cpu_s(state: Path) -> dict[str, float]:
-    """CPU seconds the live processes of the stack have used, by component."""
-    groups: dict[str, float] = {}
-    for name, _rss, cpu in stack_processes(state).values():
-        groups[name] = groups.get(name, 0.0) + cpu
-    return groups
+def cpu_pids(state: Path) -> dict[str, list[Any]]:
+    """pid -> [component, CPU seconds with its ended children's, parent pid] of the stack
+    (keys as strings: samples are JSON)."""
+    return {
+        str(pid): [name, round(cpu, 2), parent]
+        for pid, (name, _rss, cpu, parent) in _processes(state).items()
+    }
 
 
 def _component(cmdline: str) -> str:
@@ -272,7 +281,7 @@ class Phase:
         except Exception as err:  # a stage not answering is a finding, not a crash
             out["error"] = repr(err)[:200]
         out["rss_mb"] = {k: round(v) for k, v in sorted(rss_mb(self.state).items())}
-        out["cpu_s"] = {k: round(v, 2) for k, v in sorted(cpu_s(self.state).items())}
+        out["cpu_pids"] = cpu_pids(self.state)
         out["wall_s"] = time.time()
         # The replay exchange stands in for Binance: not part of the stack's memory.
         out["rss_total_mb"] = round(sum(v for k, v in out["rss_mb"].items() if k != "replay"))
@@ -424,15 +433,25 @@ def delivered_per_s(samples: list[dict[str, Any]], topic: str) -> float | None:
 
 def cores(samples: list[dict[str, Any]], since_s: float) -> dict[str, float]:
     """Cores each component used from `since_s` into the phase to its end (CPU seconds per
-    wall second, from /proc; a restarted process's new count is added, not subtracted)."""
-    rows = [s for s in samples if s["t_s"] >= since_s and "cpu_s" in s]
+    wall second, from /proc), process by process.
+
+    A process's CPU includes its ended children's (cutime): one that ended between two
+    samples left its whole CPU in its parent's count, so what it had at the earlier
+    sample, counted then, is taken off its parent's component (a restarted driver's
+    old JVM, reaped by its supervisor, is neither lost nor counted twice).
+    """
+    rows = [s for s in samples if s["t_s"] >= since_s and "cpu_pids" in s]
     if len(rows) < 2:
         return {}
     used: dict[str, float] = {}
     for before, after in itertools.pairwise(rows):
-        for name, value in after["cpu_s"].items():
-            step = value - before["cpu_s"].get(name, 0.0)
-            used[name] = used.get(name, 0.0) + (step if step >= 0 else value)
+        was, now = before["cpu_pids"], after["cpu_pids"]
+        for pid, (name, cpu, _parent) in now.items():
+            used[name] = used.get(name, 0.0) + cpu - (was[pid][1] if pid in was else 0.0)
+        for pid, (_name, cpu, parent) in was.items():
+            if pid not in now and str(parent) in now:
+                name = now[str(parent)][0]
+                used[name] = used.get(name, 0.0) - cpu
     wall = rows[-1]["wall_s"] - rows[0]["wall_s"]
     out = {k: round(v / wall, 3) for k, v in sorted(used.items())}
     out["stack"] = round(sum(v for k, v in out.items() if k != "replay"), 3)

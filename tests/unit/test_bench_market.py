@@ -77,3 +77,50 @@ def test_a_minute_without_trades_repeats_the_close_and_loops_continue(tmp_path: 
     assert all(k["o"] == k["c"] == k["h"] == k["l"] and k["v"] == "0.00000000" for k in quiet)
     plan = plan_shifts(Capture(capture.frames))
     assert plan.time_span_ms == 3 * 60_000  # loop 1 starts on the next whole minute
+
+
+BUSY_CHILD = """
+import os, pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import time\\nend = time.process_time() + 1.5\\nwhile time.process_time() < end: pass"])
+child.wait()
+time.sleep(0.5)  # the sampler sees the child gone and its CPU in this process's count
+t = os.times()
+pathlib.Path(sys.argv[1]).write_text(str(t.user + t.system + t.children_user + t.children_system))
+sys.stdin.read()  # held until the last sample is taken
+"""
+
+
+def test_cores_count_a_child_that_ended_once(tmp_path: Path) -> None:
+    """CPU of a process whose child ended between samples: counted once, as the kernel
+    counted it for the parent (os.times: its own and its reaped child's)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.bench.market_bench import cores, cpu_pids
+
+    result = tmp_path / "kernel"
+    env = {**os.environ, "STATE_DIR": str(tmp_path)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", BUSY_CHILD, str(result)], env=env, stdin=subprocess.PIPE
+    )
+    samples = []
+    start = time.time()
+    try:
+        while True:
+            done = result.exists()  # sampled after: the last sample holds the whole run
+            samples.append(
+                {"t_s": time.time() - start, "wall_s": time.time(), "cpu_pids": cpu_pids(tmp_path)}
+            )
+            if done:
+                break
+            time.sleep(0.05)
+    finally:
+        parent.communicate(b"")
+    kernel = float(result.read_text())
+    assert kernel > 1.4  # the child burnt its 1.5 s
+    measured = cores(samples, 0.0)["stack"] * (samples[-1]["wall_s"] - samples[0]["wall_s"])
+    # Ticks are 10 ms; the first sample may come after the interpreter's start-up.
+    assert abs(measured - kernel) < 0.15, (measured, kernel)
