@@ -45,7 +45,7 @@ from streaming_jobs.common.hudi import (
 )
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.layer import run_layer
-from streaming_jobs.common.settings import Settings
+from streaming_jobs.common.settings import Settings, duration_ms
 from streaming_jobs.common.spark import in_pool
 
 log = logging.getLogger("bronze")
@@ -72,12 +72,18 @@ class Route:
 
 @dataclass(frozen=True)
 class Lane:
-    """One bronze query: what it reads, which tables it writes, how often."""
+    """One bronze query: what it reads, which tables it writes, how often.
+
+    `min_records`: a trigger waits for that many new records, up to `max_delay_ms`
+    after the lane's last batch (0: it never waits).
+    """
 
     query: str
     reads: tuple[str, ...]
     writes: frozenset[str]
     trigger: str
+    min_records: int = 0
+    max_delay_ms: int = 0
 
 
 def lanes(settings: Settings) -> list[Lane]:
@@ -86,7 +92,16 @@ def lanes(settings: Settings) -> list[Lane]:
     fast = frozenset(bronze.fast_lane)
     out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger)]
     if fast:
-        out.append(Lane("bronze_fast", queries["bronze_fast"], fast, bronze.fast_trigger))
+        out.append(
+            Lane(
+                "bronze_fast",
+                queries["bronze_fast"],
+                fast,
+                bronze.fast_trigger,
+                bronze.fast_min_records,
+                duration_ms(bronze.fast_max_delay),
+            )
+        )
     return out
 
 
@@ -447,8 +462,10 @@ def start(spark: SparkSession, settings: Settings, once: bool = False) -> list[S
     bound = settings.layer("bronze").max_offsets_per_trigger
     queries = []
     for lane in lanes(settings):
+        # availableNow reads everything there is: a minimum would only hold it back.
+        wait = (lane.min_records, lane.max_delay_ms) if lane.min_records and not once else None
         writer = (
-            read_topics(spark, settings, bound, lane.reads)
+            read_topics(spark, settings, bound, lane.reads, wait)
             .writeStream.queryName(lane.query)
             .foreachBatch(BronzeBatch(settings, lane))
             .option("checkpointLocation", settings.checkpoint_path(lane.query))

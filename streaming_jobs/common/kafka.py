@@ -17,8 +17,13 @@ def read_topics(
     settings: Settings,
     max_offsets_per_trigger: int | None = None,
     kinds: tuple[str, ...] | None = None,
+    min_offsets: tuple[int, int] | None = None,
 ) -> DataFrame:
-    """The topics of stream types `kinds` (None: every topic)."""
+    """The topics of stream types `kinds` (None: every topic).
+
+    `min_offsets` (records, delay in ms): a trigger starts a batch once that many
+    new records are there, or once the delay has passed since the last batch.
+    """
     topics = ",".join(
         spec.name
         for kind, spec in settings.pipeline.kafka.topics.items()
@@ -33,4 +38,9 @@ def read_topics(
     )
     if max_offsets_per_trigger is not None:
         reader = reader.option("maxOffsetsPerTrigger", max_offsets_per_trigger)
+    if min_offsets is not None:
+        records, delay_ms = min_offsets
+        reader = reader.option("minOffsetsPerTrigger", records).option(
+            "maxTriggerDelay", f"{delay_ms}ms"
+        )
     return reader.load()

@@ -271,10 +271,21 @@ class BronzeSettings(LayerSettings):
     # tickers); empty: one query for every topic.
     fast_lane: tuple[str, ...] = ("trade", "aggTrade")
     fast_trigger: str = "1 second"
+    # A fast-lane trigger commits once it has fast_min_records new records, or once
+    # fast_max_delay has passed since its last commit (Kafka's minOffsetsPerTrigger and
+    # maxTriggerDelay): a busy market commits every trigger, a quiet one pays for fewer
+    # commits, each a fixed cost. 0: every trigger with new records commits.
+    fast_min_records: int = 0
+    fast_max_delay: str = "3 seconds"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_duration(self.fast_trigger, "fast_trigger")
+        _check_duration(self.fast_max_delay, "fast_max_delay")
+        if self.fast_min_records < 0:
+            raise ValueError("fast_min_records must not be negative")
+        if duration_ms(self.fast_max_delay) < duration_ms(self.fast_trigger):
+            raise ValueError("fast_max_delay must not be shorter than fast_trigger")
         unknown = [k for k in self.fast_lane if k not in TOPIC_KEYS or k == "quarantine"]
         if unknown:
             raise ValueError(f"fast_lane: {unknown[0]!r} is not a stream type")

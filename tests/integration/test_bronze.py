@@ -32,7 +32,7 @@ from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
 from streaming_jobs.common import lakefiles, progress
-from streaming_jobs.common.hudi import read_table
+from streaming_jobs.common.hudi import read_table, table_exists
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
@@ -214,6 +214,75 @@ def test_each_lane_runs_in_its_own_fair_pool(
     assert pools == {"bronze", "bronze_fast"}
     # The caller's thread is back in the default pool.
     assert sc.getLocalProperty("spark.scheduler.pool") is None
+
+
+def with_fast_lane(settings: Settings, min_records: int, max_delay: str) -> Settings:
+    """`settings` (of private_settings) with the fast lane's batching changed."""
+    conf = settings.conf_dir
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text())
+    pipeline["streaming"]["bronze"].update(fast_min_records=min_records, fast_max_delay=max_delay)
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return load_settings(conf, {**os.environ, "STATE_DIR": str(settings.state_dir)})
+
+
+def publish_trades(settings: Settings, capture: Capture, first: int, count: int) -> None:
+    trades = [f for f in capture.frames if f.stream.endswith("@trade")][first : first + count]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    topic = settings.topic("trade").name
+    for frame in trades:
+        headers = [("recv_ns", str(frame.recv_ns).encode()), ("backfill", b"0")]
+        producer.send(topic, key=b"BTCUSDT", value=frame.raw, headers=headers)
+    producer.flush(timeout=60)
+    producer.close()
+
+
+def test_a_quiet_fast_lane_commits_by_count_or_delay(
+    spark: Any, bronze_settings: Settings, capture: Capture
+) -> None:
+    """Fewer trades than fast_min_records wait (up to fast_max_delay); as many go at once."""
+
+    def run(settings: Settings, feed: Callable[[], None]) -> list[int]:
+        """The rows of each batch of the fast lane while `feed` publishes."""
+        queries = start(spark, settings)
+        fast = next(q for q in queries if q.name == "bronze_fast")
+        try:
+            # Its first trigger has looked at the (empty) topic: what comes next counts.
+            await_true(
+                "the fast lane's first look at its topics",
+                lambda: fast.exception() or fast.status["message"] == "Waiting for data to arrive",
+                120,
+            )
+            assert fast.exception() is None
+            feed()
+            assert fast.exception() is None
+            return [p["numInputRows"] for p in fast.recentProgress if p["numInputRows"]]
+        finally:
+            for query in queries:
+                query.stop()
+
+    def rows() -> int:
+        path = settings.table_path(tables.TRADES.name)
+        return read_table(spark, path).count() if table_exists(spark, path) else 0
+
+    # A delay no test reaches: only the count starts a batch.
+    settings = with_fast_lane(bronze_settings, 100, "1 hour")
+
+    def by_count() -> None:
+        publish_trades(settings, capture, 0, 60)
+        time.sleep(4)  # four 1 s triggers see 60 < 100 new records
+        publish_trades(settings, capture, 60, 40)
+        await_true("the 100 trades in bronze", lambda: rows() == 100, 120)
+
+    assert run(settings, by_count) == [100]  # one batch; without a minimum, [60, 40]
+
+    # A short delay: a trickle below the count still lands, on its own.
+    settings = with_fast_lane(settings, 100, "2 seconds")
+
+    def by_delay() -> None:
+        publish_trades(settings, capture, 100, 5)
+        await_true("the trickle in bronze", lambda: rows() == 105, 120)
+
+    assert run(settings, by_delay) == [5]
 
 
 @pytest.mark.parametrize("profile", ["local", "minio"])

@@ -99,6 +99,14 @@ def test_shipped_config_loads() -> None:
             lambda d: d["streaming"]["bronze"].update(fast_trigger="1"),
             "pipeline.yaml: streaming.bronze: fast_trigger '1' is not a duration",
         ),
+        (
+            lambda d: d["streaming"]["bronze"].update(fast_max_delay="500 milliseconds"),
+            "pipeline.yaml: streaming.bronze: fast_max_delay must not be shorter than fast_trigger",
+        ),
+        (
+            lambda d: d["streaming"]["bronze"].update(fast_min_records=-1),
+            "pipeline.yaml: streaming.bronze: fast_min_records must not be negative",
+        ),
         (lambda d: d.pop("streaming"), "pipeline.yaml: streaming: missing required key"),
         (
             lambda d: d["streaming"]["silver"].update(ui_port=4040),
