@@ -4,8 +4,8 @@
 
 Each micro-batch of changed silver bars (../shared/docs/design.md) gives,
 per (symbol, interval), the earliest bar that changed. Gold then recomputes
-every row whose window contains a changed bar, from silver itself (the
-changed bars plus the context before them), and upserts:
+every row whose window contains a changed bar, from the changed bars plus
+the context before them, and upserts:
 
 - gold_market_summary: per bar, from the bar's series (analytics.market_summary);
 - gold_signals: events of final bars (analytics.signals); an event that a
@@ -19,18 +19,26 @@ checkpoint: `gold` writes the first four on a short trigger; `gold_quality`
 writes gold_data_quality on a longer one (`quality_trigger`), since a day's
 count reads all of that day's trades and must not hold up the bars' analytics.
 
-Nothing is kept between batches but the tables: a restart recomputes from
-silver and writes the same rows, and a replayed batch changes nothing.
+The summary's context comes from the bars gold holds (recent.RecentBars:
+each series' last day, read from silver when a series is first met or a
+change reaches further back, then updated by each batch's changed bars);
+the signals and cross-asset figures read theirs from silver, in the batches
+where a bar became final. The held bars are a copy of silver, never a
+source: a restart reads them again, recomputes and writes the same rows,
+and a replayed batch changes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types as T
 
@@ -51,6 +59,7 @@ from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import GOLD_QUERIES, INTERVAL_MS, Settings, duration_ms
 from streaming_jobs.common.spark import in_pool
 from streaming_jobs.gold import analytics as A, tables
+from streaming_jobs.gold.recent import COLUMNS, Key, RecentBars
 from streaming_jobs.silver import tables as silver
 
 log = logging.getLogger("gold")
@@ -80,6 +89,18 @@ _SUMMARY_OUT = T.StructType(
         T.StructField("null_reason", T.StringType()),
     ]
 )
+# The summary rows built on the driver: _SUMMARY_OUT's values and the bar's own columns.
+_SUMMARY_ROWS = T.StructType(
+    [
+        *_SUMMARY_OUT.fields[:2],
+        T.StructField("open_ms", T.LongType()),
+        T.StructField("close_ms", T.LongType()),
+        *_SUMMARY_OUT.fields[3:],
+        T.StructField("close", PRICE),
+        T.StructField("is_final", T.BooleanType()),
+        T.StructField("bar_updated_ms", T.LongType()),
+    ]
+)
 _SIGNAL_VALUES = ("close", "macd", "macd_signal", "rsi_14", "bb_upper", "bb_lower")
 _SIGNALS_OUT = T.StructType(
     [
@@ -96,14 +117,6 @@ _SIGNALS_OUT = T.StructType(
 )
 
 
-def _series_summary(pdf: pd.DataFrame, vol_window: int) -> pd.DataFrame:
-    interval = str(pdf["interval"].iat[0])
-    out = A.market_summary(pdf, INTERVAL_MS[interval], vol_window, int(pdf["from_ms"].min()))
-    out.insert(0, "interval", interval)
-    out.insert(0, "symbol", str(pdf["symbol"].iat[0]))
-    return out.astype({"bars_24h": "int32"})
-
-
 def _series_signals(pdf: pd.DataFrame, anomaly_window: int, anomaly_z: float) -> pd.DataFrame:
     interval = str(pdf["interval"].iat[0])
     window = anomaly_window if interval == "1m" else None
@@ -111,6 +124,53 @@ def _series_signals(pdf: pd.DataFrame, anomaly_window: int, anomaly_z: float) ->
     out.insert(0, "interval", interval)
     out.insert(0, "symbol", str(pdf["symbol"].iat[0]))
     return out
+
+
+class Changed(NamedTuple):
+    """A series a batch changed: its earliest changed bar, and earliest final one."""
+
+    symbol: str
+    interval: str
+    from_ms: int
+    final_from_ms: int | None
+
+
+def _held_columns(bars: DataFrame) -> DataFrame:
+    """Silver's bars -> the columns gold holds (recent.COLUMNS), with symbol and interval.
+
+    Prices and sums in the types the summary's formulas and table take (a quote
+    volume rounds to 8 decimals, as the summary's columns are).
+    """
+    return bars.select(
+        "symbol",
+        "interval",
+        F.unix_millis("open_time").alias("open_ms"),
+        F.unix_millis("close_time").alias("close_ms"),
+        *[F.col(c).cast(PRICE).alias(c) for c in ("open", "high", "low", "close")],
+        *[F.col(c).cast(SUM).alias(c) for c in ("volume", "quote_volume")],
+        "is_final",
+        "updated_ms",
+    )
+
+
+def _held(group: pd.DataFrame) -> list[tuple[Any, ...]]:
+    return list(_no_nan(group[list(COLUMNS)].itertuples(index=False, name=None)))
+
+
+def _final_from(group: pd.DataFrame) -> int | None:
+    finals = group.loc[group["is_final"].astype(bool), "open_ms"]
+    return None if finals.empty else int(finals.min())
+
+
+def _no_nan(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """pandas' values as Spark takes them: numpy scalars as Python ones, NaN as null."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return [tuple(plain(v) for v in row) for row in rows]
 
 
 class GoldBatch:
@@ -127,25 +187,128 @@ class GoldBatch:
         )
         self._portfolio = settings.portfolio
         self._batch: Batch | None = None
+        # Each series' last day of bars (and the windows before it), between batches.
+        self._recent = RecentBars(
+            {i: (self._context_bars(i) + 1) * INTERVAL_MS[i] for i in INTERVAL_MS}
+        )
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         self._batch = current_batch(self._spark, QUERY_NAME, batch_id)
-        changed = (
-            df.withColumn("open_ms", F.unix_millis("open_time"))
-            .groupBy("symbol", "interval")
-            .agg(
-                F.min("open_ms").alias("from_ms"),
-                F.min(F.when(F.col("is_final"), F.col("open_ms"))).alias("final_from_ms"),
-            )
-            .collect()
-        )
-        if not changed:
+        bars: pd.DataFrame = _held_columns(df).toPandas()
+        if bars.empty:
             log.info("batch %d: no change", batch_id)
             return
+        changed = [
+            Changed(symbol, interval, int(group["open_ms"].min()), _final_from(group))
+            for (symbol, interval), group in bars.groupby(["symbol", "interval"], sort=True)
+        ]
+        wanted = {(c.symbol, c.interval): self._lookback(c) for c in changed}
+        missing = self._recent.needs(wanted)
+        if missing:
+            self._load(missing)
+        for (symbol, interval), group in bars.groupby(["symbol", "interval"], sort=False):
+            self._recent.update((symbol, interval), _held(group))
         silver_bars = read_table(self._spark, self._silver_path).withColumn(
             "open_ms", F.unix_millis("open_time")
         )
+        # The market summary, what a reader waits for, commits first: its upsert
+        # starts before the signals and cross-asset figures are computed.
+        written = [tables.MARKET_SUMMARY]
+        with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
+            summary = self._summary(changed, wanted)
+            upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, summary)]
+            for table, rows in (
+                *self._signals(silver_bars, changed),
+                *self._cross_asset(silver_bars, changed),
+            ):
+                written.append(table)
+                upserts.append(pool.submit(self._upsert, table, rows))
+            for upsert in upserts:
+                upsert.result()
+        self._recent.trim()
+        log.info(
+            "batch %d: %d series changed (%d read from silver), wrote %s in %.1f s",
+            batch_id,
+            len(changed),
+            len(missing),
+            ", ".join(table.name for table in written),
+            time.monotonic() - started,
+        )
+
+    def _context_bars(self, interval: str) -> int:
+        """How many bars before a changed one its rows need: a day, or a longer window."""
+        step = INTERVAL_MS[interval]
+        return max(A.DAY_MS // step, self._gold.vol_window + 1, self._gold.anomaly_window + 1)
+
+    def _lookback(self, row: Changed) -> int:
+        """The first open time a changed series needs as context."""
+        earliest = min(v for v in (row.from_ms, row.final_from_ms) if v is not None)
+        return earliest - self._context_bars(row.interval) * INTERVAL_MS[row.interval]
+
+    def _load(self, missing: dict[Key, int]) -> None:
+        """Read series from silver into the held bars, each from the open time given."""
+        starts = self._spark.createDataFrame(
+            [(s, i, lo) for (s, i), lo in missing.items()],
+            "symbol string, interval string, lo_ms long",
+        )
+        # Literal filters on the partition columns (interval, period) let Hudi skip
+        # other intervals' and periods' files.
+        since: dict[str, int] = {}
+        for (_, interval), lo in missing.items():
+            since[interval] = min(since.get(interval, lo), lo)
+        rows: pd.DataFrame = (
+            read_table(self._spark, self._silver_path)
+            .filter(
+                F.col("symbol").isin(sorted({s for s, _ in missing}))
+                & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
+            )
+            .join(F.broadcast(starts), ["symbol", "interval"])
+            .filter(F.unix_millis("open_time") >= F.col("lo_ms"))
+            .transform(_held_columns)
+            .toPandas()
+        )
+        held = dict(iter(rows.groupby(["symbol", "interval"], sort=False)))
+        for key, lo in missing.items():
+            group = held.get(key)
+            self._recent.load(key, lo, [] if group is None else _held(group))
+
+    def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
+        in_pool(self._spark, QUERY_NAME)  # a pool's worker thread does not inherit it
+        write_batch(rows, table, self._settings.table_path(table.name), self._batch)
+
+    # -- per series -------------------------------------------------------------------
+
+    def _summary(self, changed: list[Changed], wanted: dict[Key, int]) -> DataFrame:
+        """The market summary of every changed bar, from the held bars of its series."""
+        rows: list[tuple[Any, ...]] = []
+        for c in changed:
+            bars = self._recent.frame((c.symbol, c.interval), wanted[(c.symbol, c.interval)])
+            values = A.market_summary(
+                bars, INTERVAL_MS[c.interval], self._gold.vol_window, c.from_ms
+            ).merge(bars.rename(columns={"updated_ms": "bar_updated_ms"}), on="open_ms")
+            rows.extend(
+                (c.symbol, c.interval, *r)
+                for r in values[list(_SUMMARY_ROWS.fieldNames()[2:])].itertuples(index=False)
+            )
+        frame = self._spark.createDataFrame(_no_nan(rows), _SUMMARY_ROWS)
+        return (
+            frame.select(
+                "symbol",
+                "interval",
+                *_SUMMARY_OUT.fieldNames()[3:],
+                F.timestamp_millis("open_ms").alias("open_time"),
+                F.timestamp_millis("close_ms").alias("close_time"),
+                "close",
+                "is_final",
+                "bar_updated_ms",
+            )
+            .transform(silver.with_period)
+            .transform(_stamped)
+        )
+
+    def _context(self, silver_bars: DataFrame, changed: list[Changed]) -> DataFrame:
+        """Silver's bars of the changed series from their lookback on (the signals' input)."""
         starts = self._spark.createDataFrame(
             [
                 (r.symbol, r.interval, r.from_ms, r.final_from_ms, self._lookback(r))
@@ -153,12 +316,10 @@ class GoldBatch:
             ],
             "symbol string, interval string, from_ms long, final_from_ms long, lo_ms long",
         )
-        # Literal filters on the partition columns (interval, period) let Hudi skip
-        # other intervals' and periods' files.
         since: dict[str, int] = {}
         for r in changed:
             since[r.interval] = min(since.get(r.interval, self._lookback(r)), self._lookback(r))
-        context = (
+        return (
             silver_bars.filter(
                 F.col("symbol").isin(sorted({r.symbol for r in changed}))
                 & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
@@ -167,83 +328,22 @@ class GoldBatch:
             .filter(F.col("open_ms") >= F.col("lo_ms"))
             .localCheckpoint()
         )
-        # The market summary, what a reader waits for, commits first: its upsert
-        # starts before the signals and cross-asset figures are computed.
-        written = [tables.MARKET_SUMMARY]
-        with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
-            upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, self._summary(context))]
-            for table, rows in (
-                *self._signals(context, changed),
-                *self._cross_asset(silver_bars, changed),
-            ):
-                written.append(table)
-                upserts.append(pool.submit(self._upsert, table, rows))
-            for upsert in upserts:
-                upsert.result()
-        log.info(
-            "batch %d: %d series changed, wrote %s in %.1f s",
-            batch_id,
-            len(changed),
-            ", ".join(table.name for table in written),
-            time.monotonic() - started,
-        )
 
-    def _lookback(self, row: Any) -> int:
-        """The first open time a changed series needs as context."""
-        step = INTERVAL_MS[row.interval]
-        bars = max(A.DAY_MS // step, self._gold.vol_window + 1, self._gold.anomaly_window + 1)
-        earliest: int = min(v for v in (row.from_ms, row.final_from_ms) if v is not None)
-        return earliest - bars * step
-
-    def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
-        in_pool(self._spark, QUERY_NAME)  # a pool's worker thread does not inherit it
-        write_batch(rows, table, self._settings.table_path(table.name), self._batch)
-
-    # -- per series -------------------------------------------------------------------
-
-    def _summary(self, context: DataFrame) -> DataFrame:
-        series = context.select(
-            "symbol",
-            "interval",
-            "open_ms",
-            "from_ms",
-            *[F.col(c).cast(PRICE).alias(c) for c in ("open", "high", "low", "close")],
-            *[F.col(c).cast(SUM).alias(c) for c in ("volume", "quote_volume")],
-        )
-        values = series.groupBy("symbol", "interval").applyInPandas(
-            functools.partial(_series_summary, vol_window=self._gold.vol_window), _SUMMARY_OUT
-        )
-        return (
-            values.join(
-                context.select(
-                    "symbol",
-                    "interval",
-                    "open_ms",
-                    "open_time",
-                    "close_time",
-                    "close",
-                    "is_final",
-                    # The version of the bar it was computed from (silver's updated_ms).
-                    F.col("updated_ms").alias("bar_updated_ms"),
-                ),
-                ["symbol", "interval", "open_ms"],
-            )
-            .drop("open_ms")
-            .transform(silver.with_period)
-            .transform(_stamped)
-        )
-
-    def _signals(self, context: DataFrame, changed: list[Any]) -> list[tuple[HudiTable, DataFrame]]:
-        symbols = sorted({r.symbol for r in changed})
+    def _signals(
+        self, silver_bars: DataFrame, changed: list[Changed]
+    ) -> list[tuple[HudiTable, DataFrame]]:
+        finals = [r for r in changed if r.final_from_ms is not None]
+        symbols = sorted({r.symbol for r in finals})
         since: dict[str, int] = {}
-        for r in changed:
-            if r.final_from_ms is not None:
-                since[r.interval] = min(since.get(r.interval, r.final_from_ms), r.final_from_ms)
+        for r in finals:
+            first = int(r.final_from_ms or 0)
+            since[r.interval] = min(since.get(r.interval, first), first)
         if not since:
             # No bar became final or changed after it was: no event can appear or go,
             # and an empty upsert would still cost a commit (most batches: a minute
             # ends once every four 15 s triggers).
             return []
+        context = self._context(silver_bars, finals)
         final = context.filter(F.col("is_final") & F.col("final_from_ms").isNotNull()).select(
             "symbol",
             "interval",
@@ -294,7 +394,7 @@ class GoldBatch:
     # -- across symbols -----------------------------------------------------------
 
     def _cross_asset(
-        self, silver_bars: DataFrame, changed: list[Any]
+        self, silver_bars: DataFrame, changed: list[Changed]
     ) -> list[tuple[HudiTable, DataFrame]]:
         symbols = sorted(set(self._cross_symbols) | set(self._portfolio.weights))
         froms = [
