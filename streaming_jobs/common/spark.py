@@ -52,8 +52,9 @@ def jar_paths(jars_dir: Path = JARS_DIR) -> list[Path]:
 def local_fs_conf(jar: Path = LOCAL_FS_JAR) -> dict[str, str]:
     """`file:` paths through NioLocalFileSystem, and checkpoints through the FileSystem API.
 
-    The class is on the JVMs' own class path (Hadoop may load a file system before
-    Spark's added jars are); Spark's default checkpoint manager goes through Hadoop's
+    The class is on the JVMs' own class path where the jar's path exists (Hadoop may
+    load a file system before Spark's added jars are), and in spark.jars for executors
+    on other machines; Spark's default checkpoint manager goes through Hadoop's
     FileContext, whose local file system is the forking one, hard-wired.
     """
     if not jar.exists():
@@ -109,7 +110,7 @@ def app_conf(settings: Settings, app: str) -> dict[str, str]:
         ui = {"spark.ui.port": str(settings.layer(app).ui_port)}
     return {
         "spark.app.name": f"lakehouse-{app}",
-        "spark.jars": ",".join(str(p) for p in jar_paths()),
+        "spark.jars": ",".join(str(p) for p in [*jar_paths(), LOCAL_FS_JAR]),
         "spark.scheduler.allocation.file": str(FAIR_POOLS),
         **ui,
         **local_fs_conf(),
