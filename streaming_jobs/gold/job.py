@@ -154,7 +154,7 @@ def _held_columns(bars: DataFrame) -> DataFrame:
 
 
 def _held(group: pd.DataFrame) -> list[tuple[Any, ...]]:
-    return list(_no_nan(group[list(COLUMNS)].itertuples(index=False, name=None)))
+    return _no_nan(group[list(COLUMNS)].itertuples(index=False, name=None))
 
 
 def _final_from(group: pd.DataFrame) -> int | None:
@@ -209,18 +209,25 @@ class GoldBatch:
             self._load(missing)
         for (symbol, interval), group in bars.groupby(["symbol", "interval"], sort=False):
             self._recent.update((symbol, interval), _held(group))
-        silver_bars = read_table(self._spark, self._silver_path).withColumn(
-            "open_ms", F.unix_millis("open_time")
-        )
+        # Signals and cross-asset figures come from final bars only: most batches
+        # (a minute ends once every four 15 s triggers) do not read silver at all.
+        finals = [c for c in changed if c.final_from_ms is not None]
         # The market summary, what a reader waits for, commits first: its upsert
         # starts before the signals and cross-asset figures are computed.
         written = [tables.MARKET_SUMMARY]
         with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
             summary = self._summary(changed, wanted)
             upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, summary)]
+            silver_bars = (
+                read_table(self._spark, self._silver_path).withColumn(
+                    "open_ms", F.unix_millis("open_time")
+                )
+                if finals
+                else None
+            )
             for table, rows in (
-                *self._signals(silver_bars, changed),
-                *self._cross_asset(silver_bars, changed),
+                *self._signals(silver_bars, finals),
+                *self._cross_asset(silver_bars, finals),
             ):
                 written.append(table)
                 upserts.append(pool.submit(self._upsert, table, rows))
@@ -248,23 +255,12 @@ class GoldBatch:
 
     def _load(self, missing: dict[Key, int]) -> None:
         """Read series from silver into the held bars, each from the open time given."""
-        starts = self._spark.createDataFrame(
-            [(s, i, lo) for (s, i), lo in missing.items()],
-            "symbol string, interval string, lo_ms long",
-        )
-        # Literal filters on the partition columns (interval, period) let Hudi skip
-        # other intervals' and periods' files.
-        since: dict[str, int] = {}
-        for (_, interval), lo in missing.items():
-            since[interval] = min(since.get(interval, lo), lo)
         rows: pd.DataFrame = (
-            read_table(self._spark, self._silver_path)
-            .filter(
-                F.col("symbol").isin(sorted({s for s, _ in missing}))
-                & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
+            self._since(
+                read_table(self._spark, self._silver_path),
+                [(s, i, lo) for (s, i), lo in missing.items()],
+                "symbol string, interval string, lo_ms long",
             )
-            .join(F.broadcast(starts), ["symbol", "interval"])
-            .filter(F.unix_millis("open_time") >= F.col("lo_ms"))
             .transform(_held_columns)
             .toPandas()
         )
@@ -272,6 +268,25 @@ class GoldBatch:
         for key, lo in missing.items():
             group = held.get(key)
             self._recent.load(key, lo, [] if group is None else _held(group))
+
+    def _since(self, bars: DataFrame, starts: list[tuple[Any, ...]], schema: str) -> DataFrame:
+        """Silver's `bars` of each series in `starts` (symbol, interval, lo_ms, then any
+        columns to carry along) opening at or after its lo_ms.
+
+        Literal filters on the partition columns (interval, period) let Hudi skip
+        other intervals' and periods' files.
+        """
+        since: dict[str, int] = {}
+        for _, interval, lo, *_rest in starts:
+            since[interval] = min(since.get(interval, lo), lo)
+        return (
+            bars.filter(
+                F.col("symbol").isin(sorted({start[0] for start in starts}))
+                & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
+            )
+            .join(F.broadcast(self._spark.createDataFrame(starts, schema)), ["symbol", "interval"])
+            .filter(F.unix_millis("open_time") >= F.col("lo_ms"))
+        )
 
     def _upsert(self, table: HudiTable, rows: DataFrame) -> None:
         in_pool(self._spark, QUERY_NAME)  # a pool's worker thread does not inherit it
@@ -309,40 +324,28 @@ class GoldBatch:
 
     def _context(self, silver_bars: DataFrame, changed: list[Changed]) -> DataFrame:
         """Silver's bars of the changed series from their lookback on (the signals' input)."""
-        starts = self._spark.createDataFrame(
+        return self._since(
+            silver_bars,
             [
-                (r.symbol, r.interval, r.from_ms, r.final_from_ms, self._lookback(r))
+                (r.symbol, r.interval, self._lookback(r), r.from_ms, r.final_from_ms)
                 for r in changed
             ],
-            "symbol string, interval string, from_ms long, final_from_ms long, lo_ms long",
-        )
-        since: dict[str, int] = {}
-        for r in changed:
-            since[r.interval] = min(since.get(r.interval, self._lookback(r)), self._lookback(r))
-        return (
-            silver_bars.filter(
-                F.col("symbol").isin(sorted({r.symbol for r in changed}))
-                & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
-            )
-            .join(F.broadcast(starts), ["symbol", "interval"])
-            .filter(F.col("open_ms") >= F.col("lo_ms"))
-            .localCheckpoint()
-        )
+            "symbol string, interval string, lo_ms long, from_ms long, final_from_ms long",
+        ).localCheckpoint()
 
     def _signals(
-        self, silver_bars: DataFrame, changed: list[Changed]
+        self, silver_bars: DataFrame | None, finals: list[Changed]
     ) -> list[tuple[HudiTable, DataFrame]]:
-        finals = [r for r in changed if r.final_from_ms is not None]
+        """`finals`: the changed series with a final bar among their changes."""
+        if silver_bars is None or not finals:
+            # No bar became final or changed after it was: no event can appear or go,
+            # and an empty upsert would still cost a commit.
+            return []
         symbols = sorted({r.symbol for r in finals})
         since: dict[str, int] = {}
         for r in finals:
             first = int(r.final_from_ms or 0)
             since[r.interval] = min(since.get(r.interval, first), first)
-        if not since:
-            # No bar became final or changed after it was: no event can appear or go,
-            # and an empty upsert would still cost a commit (most batches: a minute
-            # ends once every four 15 s triggers).
-            return []
         context = self._context(silver_bars, finals)
         final = context.filter(F.col("is_final") & F.col("final_from_ms").isNotNull()).select(
             "symbol",
@@ -394,15 +397,15 @@ class GoldBatch:
     # -- across symbols -----------------------------------------------------------
 
     def _cross_asset(
-        self, silver_bars: DataFrame, changed: list[Changed]
+        self, silver_bars: DataFrame | None, finals: list[Changed]
     ) -> list[tuple[HudiTable, DataFrame]]:
         symbols = sorted(set(self._cross_symbols) | set(self._portfolio.weights))
         froms = [
             r.final_from_ms
-            for r in changed
+            for r in finals
             if r.interval == "1m" and r.symbol in symbols and r.final_from_ms is not None
         ]
-        if not froms:
+        if silver_bars is None or not froms:
             return []
         since = min(froms)
         windows = (*self._gold.correlation_windows, *self._gold.risk_windows)

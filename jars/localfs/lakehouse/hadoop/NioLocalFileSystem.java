@@ -143,16 +143,6 @@ public class NioLocalFileSystem extends LocalFileSystem {
       load();
       super.write(out);
     }
-
-    @Override
-    public boolean equals(Object o) {
-      return super.equals(o);
-    }
-
-    @Override
-    public int hashCode() {
-      return super.hashCode();
-    }
   }
 
   private static final PosixFilePermission[] BITS = {
