@@ -88,22 +88,35 @@ def instants(settings: Settings, table: str) -> list[str]:
     )
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """A table's commits from one listing of its timeline."""
+
+    completed: dict[str, int]  # instant -> the epoch ms it completed
+    pending: frozenset[str]  # begun, neither completed nor rolled back: a write in flight
+
+
+def timeline(settings: Settings, table: str) -> Timeline:
+    names = Store(settings).list(f"{settings.table_path(table)}/.hoodie")
+    completed = {}
+    for name in names:
+        m = _INSTANT.search(name)
+        if m and m.group(2):
+            stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+            completed[m.group(1)] = int(stamp.timestamp() * 1000)
+    done = {m.group(1) for n in names if (m := _INSTANT.search(n))}
+    pending = {m.group(1) for n in names if (m := _PENDING.search(n))} - done
+    return Timeline(completed, frozenset(pending))
+
+
 def pending_instants(settings: Settings, table: str) -> list[str]:
     """Commits of a table begun and neither completed nor rolled back: a write in flight."""
-    names = Store(settings).list(f"{settings.table_path(table)}/.hoodie")
-    done = {m.group(1) for n in names if (m := _INSTANT.search(n))}
-    return sorted({m.group(1) for n in names if (m := _PENDING.search(n))} - done)
+    return sorted(timeline(settings, table).pending)
 
 
 def completed_instants(settings: Settings, table: str) -> dict[str, int]:
     """Each completed commit of a Hudi table: its instant -> the epoch ms it completed."""
-    done = {}
-    for name in Store(settings).list(f"{settings.table_path(table)}/.hoodie"):
-        m = _INSTANT.search(name)
-        if m and m.group(2):
-            stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
-            done[m.group(1)] = int(stamp.timestamp() * 1000)
-    return done
+    return timeline(settings, table).completed
 
 
 def last_commit(settings: Settings, table: str) -> dt.datetime | None:

@@ -12,12 +12,14 @@ the context before them, and upserts:
   correction made disappear is kept with `retracted` true;
 - gold_correlation and gold_risk: from the final 1m bars of the active and
   portfolio symbols (analytics.correlations, analytics.risk);
-- gold_data_quality: per (symbol, UTC day) touched, from bronze and silver.
+- gold_data_quality: per (symbol, UTC day) touched, from bronze and silver
+  (trade counts kept between batches: quality.QualityCounts).
 
 Two queries share the driver, each over silver's commits with its own
 checkpoint: `gold` writes the first four on a short trigger; `gold_quality`
-writes gold_data_quality on a longer one (`quality_trigger`), since a day's
-count reads all of that day's trades and must not hold up the bars' analytics.
+writes gold_data_quality on a longer one (`quality_trigger`): it reads the
+trades bronze committed since its last batch, and silver's minutes and
+bronze's quarantine of the days touched.
 
 The summary's context comes from the bars gold holds (recent.RecentBars:
 each series' last day, read from silver when a series is first met or a
@@ -30,6 +32,7 @@ and a replayed batch changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import math
@@ -40,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types as T
+from pyspark.sql import Column, DataFrame, SparkSession, Window, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
@@ -59,6 +62,7 @@ from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import GOLD_QUERIES, INTERVAL_MS, Settings, duration_ms
 from streaming_jobs.common.spark import in_pool
 from streaming_jobs.gold import analytics as A, tables
+from streaming_jobs.gold.quality import Pair, QualityCounts
 from streaming_jobs.gold.recent import COLUMNS, Key, RecentBars
 from streaming_jobs.silver import tables as silver
 
@@ -457,17 +461,34 @@ class GoldBatch:
         )
 
 
+class Counted(NamedTuple):
+    """What QualityBatch.count gives: the trade figures of the days asked, how many of
+    them were counted in full, how many commits were added, and the rows read."""
+
+    days: dict[Pair, dict[str, Any]]
+    in_full: int
+    commits: int
+    trades_read: int
+
+
 class QualityBatch:
-    """The foreachBatch function writing gold_data_quality for the days of changed bars."""
+    """The foreachBatch function writing gold_data_quality for the days of changed bars.
+
+    Trade counts are kept per day between batches (quality.QualityCounts): a
+    day met for the first time is read from bronze in full, then only the
+    commits completed since are read and added, so a batch reads about a
+    minute of trades however late in the day it runs.
+    """
 
     def __init__(self, spark: SparkSession, settings: Settings):
         self._spark = spark
         self._settings = settings
+        self._counts = QualityCounts()
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         batch = current_batch(self._spark, QUALITY_QUERY, batch_id)
-        pairs = sorted(
+        pairs: list[Pair] = sorted(
             (r.symbol, r.date)
             for r in df.filter(F.col("interval") == "1m")
             .select("symbol", F.to_date("open_time").alias("date"))
@@ -479,69 +500,171 @@ class QualityBatch:
         ):
             log.info("%s batch %d: no day to count", QUALITY_QUERY, batch_id)
             return
+        counted = self.count(pairs)
         days = self._spark.createDataFrame(pairs, "symbol string, date date")
         # Quarantined frames without a symbol get a row of their own per day.
         days = days.unionByName(
             days.select(F.lit(UNKNOWN_SYMBOL).alias("symbol"), "date").distinct()
         ).localCheckpoint()
         table = tables.DATA_QUALITY
-        rows = data_quality(self._spark, self._settings, days)
+        rows = data_quality(self._spark, self._settings, days, counted.days)
         write_batch(rows, table, self._settings.table_path(table.name), batch)
+        self._counts.trim()
         log.info(
-            "%s batch %d: %d (symbol, day) counted in %.1f s",
+            "%s batch %d: %d (symbol, day) counted (%d in full, %d commits added, "
+            "%d trades read) in %.1f s",
             QUALITY_QUERY,
             batch_id,
             len(pairs),
+            counted.in_full,
+            counted.commits,
+            counted.trades_read,
             time.monotonic() - started,
         )
 
+    def count(self, pairs: list[Pair]) -> Counted:
+        """The trade counts of `pairs` as of bronze's timeline listed now.
 
-def data_quality(spark: SparkSession, settings: Settings, days: DataFrame) -> DataFrame:
-    """One row per (symbol, UTC day) in `days` (columns symbol, date), from bronze and silver."""
-    watermark_ms = settings.pipeline.streaming.silver.watermark_ms
-    path = settings.table_path(bronze.TRADES.name)
-    completed = lakefiles.completed_instants(settings, bronze.TRADES.name)
+        The days held get the commits completed since the last call; days met for
+        the first time every row of a commit completed by now."""
+        listed = lakefiles.timeline(self._settings, bronze.TRADES.name)
+        new = self._counts.new_commits(listed.completed)
+        held = sorted(self._counts.held()) if new else []
+        fresh = self._counts.meet(pairs)
+        commit = F.col("_hoodie_commit_time")
+        parts = []
+        if held:
+            parts.append((held, commit.isin(new)))
+        if fresh:
+            # Not a write still in flight at the listing (an instant earlier than the
+            # last completed one may complete after it): the next batch adds it.
+            upto = commit <= max(listed.completed, default="")
+            in_flight = commit.isin(sorted(listed.pending)) if listed.pending else F.lit(False)
+            parts.append((fresh, upto & ~in_flight))
+        read = 0
+        if parts:
+            watermark_ms = self._settings.pipeline.streaming.silver.watermark_ms
+            runs, buckets = trade_counts(
+                self._spark,
+                read_table(self._spark, self._settings.table_path(bronze.TRADES.name)),
+                parts,
+                listed.completed,
+                watermark_ms,
+            )
+            self._counts.add_runs(runs)
+            self._counts.add_latencies(buckets)
+            read = sum(b[3] for b in buckets)
+        self._counts.done(listed.completed)
+        return Counted(self._counts.rows(pairs), len(fresh), len(new), read)
+
+
+def latency_bucket(ms: Column) -> Column:
+    """A latency in ms rounded toward zero to three significant digits of whole ms
+    (quality.Histogram's buckets): digits counted on the integer's text, no logarithm."""
+    whole = F.floor(F.abs(ms))
+    width = F.pow(F.lit(10.0), F.greatest(F.length(whole.cast("string")) - 3, F.lit(0)))
+    return F.signum(ms) * F.floor(F.abs(ms) / width) * width
+
+
+def trade_counts(
+    spark: SparkSession,
+    trades: DataFrame,
+    parts: list[tuple[list[Pair], Column]],
+    completed: dict[str, int],
+    watermark_ms: int,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Of bronze's `trades`, the rows of each part's (symbol, day) pairs its condition
+    keeps: their runs of consecutive ids (symbol, date, backfill, lo, hi), and
+    their latencies by bucket (symbol, date, bucket, trades, late trades, max ms)."""
+    pairs = spark.createDataFrame(
+        [(s, d, i) for i, (part, _) in enumerate(parts) for s, d in part],
+        "symbol string, date date, part int",
+    )
     commits = spark.createDataFrame(
         sorted(completed.items()) or [("", 0)], "commit string, committed_ms long"
     )
-    trades = read_table(spark, path).join(F.broadcast(days), ["symbol", "date"])
-    by_id = Window.partitionBy("symbol", "date").orderBy("trade_id")
-    step = F.col("trade_id") - F.lag("trade_id").over(by_id)
-    backfill_run = F.col("backfill") & (
-        ~F.coalesce(F.lag("backfill").over(by_id), F.lit(False)) | (step > 1)
-    )
-    latency_ms = F.col("committed_ms") - F.col("recv_ns") / 1e6
-    trade_stats = (
-        trades.join(
-            F.broadcast(commits), trades["_hoodie_commit_time"] == commits["commit"], "left"
-        )
+    dates = sorted({d for part, _ in parts for _, d in part})
+    rows = (
+        trades.filter(F.col("date").isin(dates))  # partition pruning
+        .join(F.broadcast(pairs), ["symbol", "date"])
+        .filter(any_of([(F.col("part") == i) & keep for i, (_, keep) in enumerate(parts)]))
+        .join(F.broadcast(commits), F.col("_hoodie_commit_time") == F.col("commit"), "left")
         .select(
             "symbol",
             "date",
             "trade_id",
             "backfill",
-            F.when(step > 1, step - 1).alias("missing"),
-            backfill_run.alias("backfill_run"),
             (F.unix_millis("recv_time") - F.unix_millis("trade_time") > watermark_ms).alias("late"),
-            F.when(~F.col("backfill"), latency_ms).alias("latency_ms"),
+            F.when(~F.col("backfill"), F.col("committed_ms") - F.col("recv_ns") / 1e6).alias(
+                "latency_ms"
+            ),
         )
-        .groupBy("symbol", "date")
+        .localCheckpoint()
+    )
+    # Runs of consecutive ids: id - its rank among its flag's ids is constant along a run.
+    by_id = Window.partitionBy("symbol", "date", "backfill").orderBy("trade_id")
+    runs = (
+        rows.withColumn("run", F.col("trade_id") - F.row_number().over(by_id))
+        .groupBy("symbol", "date", "backfill", "run")
+        .agg(F.min("trade_id").alias("lo"), F.max("trade_id").alias("hi"))
+        .select("symbol", "date", "backfill", "lo", "hi")
+        .collect()
+    )
+    buckets = (
+        rows.groupBy("symbol", "date", latency_bucket(F.col("latency_ms")).alias("bucket"))
         .agg(
             F.count("*").alias("trades"),
-            F.min("trade_id").alias("first_trade_id"),
-            F.max("trade_id").alias("last_trade_id"),
-            F.count("missing").alias("gaps_open"),
-            F.coalesce(F.sum("missing"), F.lit(0)).alias("missing_trades"),
-            F.count(F.when(F.col("backfill_run"), 1)).alias("gaps_filled"),
-            F.count(F.when(F.col("backfill"), 1)).alias("backfilled_trades"),
-            F.count(F.when(F.col("late"), 1)).alias("late_trades"),
-            (F.max("latency_ms") / 1000).alias("latency_max_s"),
-            (F.percentile("latency_ms", 0.99) / 1000).alias("latency_p99_s"),
+            F.count(F.when(F.col("late"), 1)).alias("late"),
+            F.max("latency_ms").alias("max_ms"),
         )
+        .collect()
     )
+    return [tuple(r) for r in runs], [tuple(r) for r in buckets]
+
+
+_TRADE_COUNTS = T.StructType(
+    [
+        T.StructField("symbol", T.StringType()),
+        T.StructField("date", T.DateType()),
+        *[
+            T.StructField(c, T.LongType())
+            for c in (
+                "trades",
+                "first_trade_id",
+                "last_trade_id",
+                "gaps_open",
+                "missing_trades",
+                "gaps_filled",
+                "backfilled_trades",
+                "late_trades",
+            )
+        ],
+        T.StructField("latency_max_s", T.DoubleType()),
+        T.StructField("latency_p99_s", T.DoubleType()),
+    ]
+)
+
+
+def data_quality(
+    spark: SparkSession,
+    settings: Settings,
+    days: DataFrame,
+    trades: dict[Pair, dict[str, Any]],
+) -> DataFrame:
+    """One row per (symbol, UTC day) in `days` (columns symbol, date): the trade counts
+    given (quality.DayCounts.row), silver's minutes and bronze's quarantine."""
+    trade_stats = spark.createDataFrame(
+        [
+            tuple({"symbol": s, "date": d, **values}[f] for f in _TRADE_COUNTS.fieldNames())
+            for (s, d), values in sorted(trades.items())
+        ],
+        _TRADE_COUNTS,
+    )
+    dates = sorted({r.date for r in days.select("date").distinct().collect()})
+    first_ms = int(dt.datetime.combine(dates[0], dt.time(), dt.UTC).timestamp() * 1000)
     minutes = (
         read_table(spark, settings.table_path(silver.OHLCV.name))
-        .filter(F.col("interval") == "1m")
+        .filter(silver.opening_since("1m", first_ms))
         .withColumn("date", F.to_date("open_time"))
         .join(F.broadcast(days), ["symbol", "date"])
         .groupBy("symbol", "date")
@@ -557,6 +680,7 @@ def data_quality(spark: SparkSession, settings: Settings, days: DataFrame) -> Da
     if table_exists(spark, quarantine_path):
         reasons = (
             read_table(spark, quarantine_path)
+            .filter(F.col("date").isin(dates))  # partition pruning
             .withColumn("symbol", F.coalesce("symbol", F.lit(UNKNOWN_SYMBOL)))
             .join(F.broadcast(days), ["symbol", "date"])
             .groupBy("symbol", "date", "reason")

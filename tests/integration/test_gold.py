@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import DataFrame, functions as F
+from pyspark.sql import DataFrame, Window, functions as F
 
 from producer.replay.captures import merge_captures
 from streaming_jobs.bronze import tables as bronze
+from streaming_jobs.common import lakefiles
 from streaming_jobs.common.hudi import read_table, upsert_batch
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings
 from streaming_jobs.gold import tables
-from streaming_jobs.gold.job import start
+from streaming_jobs.gold.job import QualityBatch, start
 from streaming_jobs.silver import indicators as ind, tables as silver
 from tests.integration.test_bronze import private_settings, publish, run_bronze
 from tests.integration.test_silver import run_silver, silver_settings
@@ -332,6 +333,110 @@ def test_data_quality_counts_what_bronze_and_silver_hold(spark: Any, captured: S
     assert sum(row.quarantined_total for row in quality.values()) == 4
     assert all(row.trades == 0 for (symbol, _day), row in quality.items() if symbol == "*")
     no_nan(spark, captured, tables.DATA_QUALITY.name)
+
+
+def quality_oracle(spark: Any, settings: Settings) -> dict[tuple[str, Any], dict[str, Any]]:
+    """Each (symbol, day)'s trade figures from every row of bronze at once (pandas)."""
+    watermark_ms = settings.pipeline.streaming.silver.watermark_ms
+    committed = lakefiles.completed_instants(settings, bronze.TRADES.name)
+    rows = (
+        table(spark, settings, bronze.TRADES.name)
+        .select(
+            "symbol",
+            "date",
+            "trade_id",
+            "backfill",
+            "recv_ns",
+            "_hoodie_commit_time",
+            (F.unix_millis("recv_time") - F.unix_millis("trade_time") > watermark_ms).alias("late"),
+        )
+        .toPandas()
+    )
+    rows["latency_ms"] = rows["_hoodie_commit_time"].map(committed) - rows["recv_ns"] / 1e6
+    out = {}
+    for (symbol, day), t in rows.groupby(["symbol", "date"]):
+        t = t.sort_values("trade_id")
+        step = t["trade_id"].diff()
+        after_backfill = t["backfill"].shift(1, fill_value=False).astype(bool)
+        live = t.loc[~t["backfill"], "latency_ms"]
+        out[(symbol, day)] = {
+            "trades": len(t),
+            "first_trade_id": int(t["trade_id"].iloc[0]),
+            "last_trade_id": int(t["trade_id"].iloc[-1]),
+            "gaps_open": int((step > 1).sum()),
+            "missing_trades": int((step - 1).where(step > 1).sum()),
+            "gaps_filled": int((t["backfill"] & (~after_backfill | (step > 1))).sum()),
+            "backfilled_trades": int(t["backfill"].sum()),
+            "late_trades": int(t["late"].sum()),
+            "latency_max_s": live.max() / 1000,
+            "latency_p99_s": np.percentile(live, 99) / 1000,
+        }
+    return out
+
+
+def assert_quality(got: dict[str, Any], want: dict[str, Any]) -> None:
+    got, want = dict(got), dict(want)
+    assert got.pop("latency_max_s") == pytest.approx(want.pop("latency_max_s"), abs=1e-9)
+    # Latencies are counted in buckets of three significant digits of whole ms.
+    p99, exact = got.pop("latency_p99_s"), want.pop("latency_p99_s")
+    assert exact - max(0.001, exact / 100) - 1e-9 <= p99 <= exact + 1e-9
+    assert got == want
+
+
+def test_data_quality_adds_later_commits_to_the_days_it_holds(
+    spark: Any, captured: Settings, tmp_path_factory: Any
+) -> None:
+    """A day is counted in full once, then each later commit of bronze is added: the
+    captured trades written to a fresh bronze table in three commits (the last fills
+    a hole in each day of the second with backfilled trades) give, batch by batch,
+    what a count of every row gives."""
+    lake = private_settings(tmp_path_factory.mktemp("gold-quality"), "gq")
+    trades = table(spark, captured, bronze.TRADES.name)
+    trades = trades.select(*[c for c in trades.columns if not c.startswith("_hoodie")])
+    day = Window.partitionBy("symbol", "date")
+    rank = F.row_number().over(day.orderBy("trade_id"))
+    n = F.count("*").over(day)
+    hole = (rank > n / 2) & (rank <= n / 2 + n / 10)  # inside the second third
+    parts = trades.select(
+        *[c for c in trades.columns if c != "backfill"],
+        hole.alias("backfill"),
+        F.when(rank <= n / 3, 1).when(hole | (rank > 2 * n / 3), 3).otherwise(2).alias("part"),
+    ).localCheckpoint()
+    path = lake.table_path(bronze.TRADES.name)
+
+    def write(part: int) -> None:
+        rows = parts.filter(F.col("part") == part).drop("part").select(*trades.columns)
+        upsert_batch(rows, bronze.TRADES, path)
+
+    pairs = sorted((r.symbol, r.date) for r in trades.select("symbol", "date").distinct().collect())
+    quality = QualityBatch(spark, lake)
+
+    def size(part: int) -> int:
+        return parts.filter(F.col("part") == part).count()
+
+    write(1)
+    counted = quality.count(pairs)
+    want = quality_oracle(spark, lake)
+    assert (counted.in_full, counted.trades_read) == (len(pairs), size(1))
+    assert set(want) <= set(counted.days)
+    for pair, figures in want.items():
+        assert_quality(counted.days[pair], figures)
+    write(2)
+    counted = quality.count(pairs)
+    want = quality_oracle(spark, lake)
+    # Only the new commit's rows are read.
+    assert (counted.in_full, counted.commits, counted.trades_read) == (0, 1, size(2))
+    assert all(counted.days[p]["gaps_open"] >= 1 for p in want)  # the hole of each day
+    for pair, figures in want.items():
+        assert_quality(counted.days[pair], figures)
+    write(3)
+    counted = quality.count(pairs)
+    want = quality_oracle(spark, lake)
+    assert (counted.commits, counted.trades_read) == (1, size(3))
+    assert all(counted.days[p]["gaps_filled"] >= 1 for p in want)
+    for pair, figures in want.items():
+        assert_quality(counted.days[pair], figures)
+    assert QualityBatch(spark, lake).count(pairs).days == counted.days  # as a restart counts
 
 
 def test_status_reads_the_latest_data_quality_rows_without_spark(
