@@ -357,8 +357,8 @@ class GoldSettings(LayerSettings):
     # `anomaly_window` bars exceeds `anomaly_z`.
     anomaly_window: int = 60
     anomaly_z: float = 4.0
-    # The trigger of the gold_quality query: gold_data_quality counts a (symbol, day)
-    # from all of its trades, too much to do on the analytics' short trigger.
+    # The trigger of the gold_quality query (gold_data_quality): each batch adds the
+    # trades bronze committed since the last one to the days it keeps.
     quality_trigger: str = "1 minute"
 
     def __post_init__(self) -> None:

@@ -501,24 +501,21 @@ class QualityBatch:
             log.info("%s batch %d: no day to count", QUALITY_QUERY, batch_id)
             return
         counted = self.count(pairs)
-        days = self._spark.createDataFrame(pairs, "symbol string, date date")
-        # Quarantined frames without a symbol get a row of their own per day.
-        days = days.unionByName(
-            days.select(F.lit(UNKNOWN_SYMBOL).alias("symbol"), "date").distinct()
-        ).localCheckpoint()
+        counted_s = time.monotonic() - started
         table = tables.DATA_QUALITY
-        rows = data_quality(self._spark, self._settings, days, counted.days)
+        rows = data_quality(self._spark, self._settings, pairs, counted.days)
         write_batch(rows, table, self._settings.table_path(table.name), batch)
         self._counts.trim()
         log.info(
             "%s batch %d: %d (symbol, day) counted (%d in full, %d commits added, "
-            "%d trades read) in %.1f s",
+            "%d trades read in %.1f s) in %.1f s",
             QUALITY_QUERY,
             batch_id,
             len(pairs),
             counted.in_full,
             counted.commits,
             counted.trades_read,
+            counted_s,
             time.monotonic() - started,
         )
 
@@ -648,11 +645,16 @@ _TRADE_COUNTS = T.StructType(
 def data_quality(
     spark: SparkSession,
     settings: Settings,
-    days: DataFrame,
+    pairs: list[Pair],
     trades: dict[Pair, dict[str, Any]],
 ) -> DataFrame:
-    """One row per (symbol, UTC day) in `days` (columns symbol, date): the trade counts
-    given (quality.DayCounts.row), silver's minutes and bronze's quarantine."""
+    """One row per (symbol, UTC day) in `pairs`, and per day for quarantined frames
+    without a symbol: the trade counts given (quality.DayCounts.row), silver's
+    minutes and bronze's quarantine."""
+    dates = sorted({d for _, d in pairs})
+    days = spark.createDataFrame(
+        [*pairs, *[(UNKNOWN_SYMBOL, d) for d in dates]], "symbol string, date date"
+    )
     trade_stats = spark.createDataFrame(
         [
             tuple({"symbol": s, "date": d, **values}[f] for f in _TRADE_COUNTS.fieldNames())
@@ -660,7 +662,6 @@ def data_quality(
         ],
         _TRADE_COUNTS,
     )
-    dates = sorted({r.date for r in days.select("date").distinct().collect()})
     first_ms = int(dt.datetime.combine(dates[0], dt.time(), dt.UTC).timestamp() * 1000)
     minutes = (
         read_table(spark, settings.table_path(silver.OHLCV.name))
