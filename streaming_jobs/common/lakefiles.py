@@ -98,13 +98,15 @@ class Timeline:
 
 def timeline(settings: Settings, table: str) -> Timeline:
     names = Store(settings).list(f"{settings.table_path(table)}/.hoodie")
-    completed = {}
+    completed, done = {}, set()
     for name in names:
         m = _INSTANT.search(name)
-        if m and m.group(2):
+        if not m:
+            continue
+        done.add(m.group(1))
+        if m.group(2):
             stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
             completed[m.group(1)] = int(stamp.timestamp() * 1000)
-    done = {m.group(1) for n in names if (m := _INSTANT.search(n))}
     pending = {m.group(1) for n in names if (m := _PENDING.search(n))} - done
     return Timeline(completed, frozenset(pending))
 

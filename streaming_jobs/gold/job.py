@@ -657,7 +657,7 @@ def data_quality(
     )
     trade_stats = spark.createDataFrame(
         [
-            tuple({"symbol": s, "date": d, **values}[f] for f in _TRADE_COUNTS.fieldNames())
+            (s, d, *(values[f] for f in _TRADE_COUNTS.fieldNames()[2:]))
             for (s, d), values in sorted(trades.items())
         ],
         _TRADE_COUNTS,

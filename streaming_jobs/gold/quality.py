@@ -135,10 +135,10 @@ class DayCounts:
 class QualityCounts:
     """The days met, and the commits of bronze's trades table added to them.
 
-    A batch: `plan` (from the timeline listed once) says which commits to add
-    to the days held and which days to count in full; the job reads those
-    rows and hands their runs and latencies to `add_runs` and
-    `add_latencies`; `done` records the commits as added.
+    A batch, from one listing of bronze's timeline: `new_commits` says which
+    commits to add to the days `held`, `meet` which days to count in full; the
+    job reads those rows and hands their runs and latencies to `add_runs` and
+    `add_latencies`; `done` records the listed commits as added.
     """
 
     def __init__(self, keep_days: int = 2):
@@ -180,7 +180,7 @@ class QualityCounts:
                 counts.latency.add(bucket, trades, max_ms)
 
     def done(self, completed: Iterable[str]) -> None:
-        """Every commit in `completed` (the listing `plan` used) is added to every day held;
+        """Every commit in `completed` (the listing the batch used) is added to every day held;
         commits no longer listed (archived) are forgotten."""
         self._added = set(completed)
 
