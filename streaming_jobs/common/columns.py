@@ -4,12 +4,12 @@ expressions built once per JVM instead of once per batch."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from pyspark import SparkContext
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, functions as F
 
 T = TypeVar("T")
 
@@ -29,6 +29,18 @@ def any_of(conditions: list[Column]) -> Column:
         pairs = [a | b for a, b in zip(level[::2], level[1::2], strict=False)]
         level = pairs + ([level[-1]] if len(level) % 2 else [])
     return level[0]
+
+
+def is_in(column: str, values: Iterable[str]) -> Column:
+    """`column IN (values)` for text values, built in one call to the JVM.
+
+    Column.isin makes a Py4J call per value: gold's first batch at the whole
+    market's 2,000 symbols spent 5 s on 4,000 such calls. The same In
+    predicate (which file and partition pruning use), parsed from one
+    expression, is one call.
+    """
+    literals = ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+    return F.expr(f"`{column}` IN ({literals})") if literals else F.lit(False)
 
 
 # What once() built, for the JVM whose gateway has this id.

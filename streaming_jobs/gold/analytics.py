@@ -18,9 +18,12 @@ Conventions:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
-from decimal import Decimal, localcontext
+from dataclasses import dataclass, field
+from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +53,55 @@ def _reasons(*pairs: tuple[bool, str]) -> str | None:
 # --- market summary -------------------------------------------------------------
 
 
+@dataclass
+class SeriesColumns:
+    """One series' bars as columns, by open time: what the market summary reads.
+
+    `cum_volume` and `cum_quote` are prefix sums, one longer than the bars:
+    entry j is the exact sum of the bars before j (from wherever the sums
+    started), so any window's sum is a difference of two entries. Gold keeps
+    these per held series and extends them as bars come (recent.Series).
+    """
+
+    opens: list[int] = field(default_factory=list)
+    open_f: list[float] = field(default_factory=list)
+    close_f: list[float] = field(default_factory=list)
+    high: list[Decimal] = field(default_factory=list)
+    low: list[Decimal] = field(default_factory=list)
+    cum_volume: list[Decimal] = field(default_factory=lambda: [Decimal(0)])
+    cum_quote: list[Decimal] = field(default_factory=lambda: [Decimal(0)])
+
+    def append(
+        self, open_ms: int, open_: Decimal, high: Decimal, low: Decimal, close: Decimal,
+        volume: Decimal, quote_volume: Decimal,
+    ) -> None:  # fmt: skip
+        self.opens.append(open_ms)
+        self.open_f.append(float(open_))
+        self.close_f.append(float(close))
+        self.high.append(high)
+        self.low.append(low)
+        with localcontext(_SUMS):
+            self.cum_volume.append(self.cum_volume[-1] + volume)
+            self.cum_quote.append(self.cum_quote[-1] + quote_volume)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n bars."""
+        for values in (self.opens, self.open_f, self.close_f, self.high, self.low):
+            del values[n:]
+        del self.cum_volume[n + 1 :], self.cum_quote[n + 1 :]
+
+    def drop_first(self, n: int) -> None:
+        """Forget the first n bars (the sums of the others stay differences of entries)."""
+        for values in (self.opens, self.open_f, self.close_f, self.high, self.low):
+            del values[:n]
+        del self.cum_volume[:n], self.cum_quote[:n]
+
+
+# Exact decimal sums: a decimal(38, 8) column summed needs far fewer digits.
+_SUMS = Context(prec=60, traps=[Inexact, InvalidOperation])
+_RATIO = Context(prec=60)
+
+
 def market_summary(
     bars: pd.DataFrame, interval_ms: int, vol_window: int, since_ms: int
 ) -> pd.DataFrame:
@@ -58,66 +110,71 @@ def market_summary(
     `bars`: one series, columns open_ms, open, high, low, close, volume,
     quote_volume (decimals as Decimal), sorted by open_ms.
     """
-    bars = bars.sort_values("open_ms").reset_index(drop=True)
-    n24 = max(1, DAY_MS // interval_ms)
-    close = np.array([float(c) for c in bars["close"]])
-    log_ret = np.full(len(bars), np.nan)
-    simple = np.full(len(bars), np.nan)
-    if len(bars) > 1:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_ret[1:] = np.log(close[1:] / close[:-1])
-            simple[1:] = close[1:] / close[:-1] - 1
-    contiguous = np.ones(len(bars), dtype=bool)
-    if len(bars) > 1:
-        contiguous[1:] = np.diff(bars["open_ms"].to_numpy()) == interval_ms
-    annual = math.sqrt(periods_per_year(interval_ms))
-    rows = []
-    with localcontext() as ctx:
-        ctx.prec = 60
-        volume = np.cumsum([Decimal(0), *bars["volume"]])
-        quote = np.cumsum([Decimal(0), *bars["quote_volume"]])
-        for i in range(len(bars)):
-            open_ms = int(bars["open_ms"].iat[i])
-            if open_ms < since_ms:
-                continue
-            first = max(0, i - n24 + 1)
-            # The 24 h window: the bars whose open time is within 24 h before this one's close.
-            while bars["open_ms"].iat[first] <= open_ms - DAY_MS:
-                first += 1
-            count = i - first + 1
-            vol_24h = volume[i + 1] - volume[first]
-            quote_24h = quote[i + 1] - quote[first]
-            open_24h = float(bars["open"].iat[first])
-            window = log_ret[i - vol_window + 1 : i + 1] if i >= vol_window else np.array([])
-            has_prev = i > 0 and bool(contiguous[i])
-            vol_ok = len(window) == vol_window and bool(
-                contiguous[i - vol_window + 1 : i + 1].all()
-            )
-            realized = float(np.std(window, ddof=1)) * annual if vol_ok else float("nan")
-            rows.append(
-                {
-                    "open_ms": open_ms,
-                    "return_simple": _none(simple[i]) if has_prev else None,
-                    "log_return": _none(log_ret[i]) if has_prev else None,
-                    "realized_vol": _none(realized),
-                    "change_24h_pct": _none((float(bars["close"].iat[i]) / open_24h - 1) * 100)
-                    if open_24h
-                    else None,
-                    "high_24h": max(bars["high"].iloc[first : i + 1]),
-                    "low_24h": min(bars["low"].iloc[first : i + 1]),
-                    "volume_24h": vol_24h,
-                    "quote_volume_24h": quote_24h,
-                    "vwap_24h": float(quote_24h / vol_24h) if vol_24h else None,
-                    "bars_24h": count,
-                    "null_reason": _reasons(
-                        (not has_prev, "no previous bar: no return"),
-                        (not vol_ok, f"fewer than {vol_window} returns: no realized_vol"),
-                        (vol_24h == 0, "no volume in 24 h: no vwap_24h"),
-                        (count < n24, f"24 h window has {count} of {n24} bars"),
-                    ),
-                }
-            )
+    bars = bars.sort_values("open_ms")
+    columns = SeriesColumns()
+    for row in bars[
+        ["open_ms", "open", "high", "low", "close", "volume", "quote_volume"]
+    ].itertuples(index=False, name=None):
+        columns.append(int(row[0]), *row[1:])
+    first = bisect.bisect_left(columns.opens, since_ms)
+    rows = [
+        summary_row(columns, i, interval_ms, vol_window) for i in range(first, len(columns.opens))
+    ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def summary_row(bars: SeriesColumns, i: int, interval_ms: int, vol_window: int) -> tuple[Any, ...]:
+    """The market summary of bar i (SUMMARY_COLUMNS' values), from the bars before it.
+
+    Bars' open times are multiples of the interval, so the 24 h window (the
+    bars opening within 24 h before this one's close) is a time range, and
+    `vol_window` returns are all there when the bar vol_window before this
+    one opened exactly vol_window intervals earlier.
+    """
+    open_ms = bars.opens[i]
+    n24 = max(1, DAY_MS // interval_ms)
+    first = bisect.bisect_right(bars.opens, open_ms - DAY_MS, 0, i)
+    count = i - first + 1
+    has_prev = i > 0 and open_ms - bars.opens[i - 1] == interval_ms
+    close = bars.close_f[i]
+    simple = log_return = None
+    if has_prev:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.float64(close) / np.float64(bars.close_f[i - 1])
+            simple, log_return = _none(ratio - 1), _none(np.log(ratio))
+    lo = i - vol_window
+    vol_ok = lo >= 0 and open_ms - bars.opens[lo] == vol_window * interval_ms
+    realized = float("nan")
+    if vol_ok:
+        closes = np.array(bars.close_f[lo : i + 1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            window = np.log(closes[1:] / closes[:-1])
+        realized = float(np.std(window, ddof=1)) * math.sqrt(periods_per_year(interval_ms))
+    with localcontext(_SUMS):
+        vol_24h = bars.cum_volume[i + 1] - bars.cum_volume[first]
+        quote_24h = bars.cum_quote[i + 1] - bars.cum_quote[first]
+    with localcontext(_RATIO):
+        vwap = float(quote_24h / vol_24h) if vol_24h else None
+    open_24h = bars.open_f[first]
+    return (
+        open_ms,
+        simple,
+        log_return,
+        _none(realized),
+        _none((close / open_24h - 1) * 100) if open_24h else None,
+        max(bars.high[first : i + 1]),
+        min(bars.low[first : i + 1]),
+        vol_24h,
+        quote_24h,
+        vwap,
+        count,
+        _reasons(
+            (not has_prev, "no previous bar: no return"),
+            (not vol_ok, f"fewer than {vol_window} returns: no realized_vol"),
+            (vol_24h == 0, "no volume in 24 h: no vwap_24h"),
+            (count < n24, f"24 h window has {count} of {n24} bars"),
+        ),
+    )
 
 
 SUMMARY_COLUMNS = [

@@ -32,22 +32,20 @@ and a replayed batch changes nothing.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import logging
-import math
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, Window, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
-from streaming_jobs.common.columns import any_of
+from streaming_jobs.common.columns import any_of, is_in
 from streaming_jobs.common.hudi import (
     Batch,
     HudiTable,
@@ -70,6 +68,10 @@ log = logging.getLogger("gold")
 
 QUERY_NAME, QUALITY_QUERY = GOLD_QUERIES
 UPSERT_THREADS = 3
+# Positions in a held bar (recent.COLUMNS).
+_OPEN, _CLOSE_MS, _CLOSE, _FINAL, _UPDATED = (
+    COLUMNS.index(c) for c in ("open_ms", "close_ms", "close", "is_final", "updated_ms")
+)
 UNKNOWN_SYMBOL = "*"  # data-quality rows of quarantined frames with no symbol
 
 PRICE = T.DecimalType(28, 8)
@@ -157,24 +159,23 @@ def _held_columns(bars: DataFrame) -> DataFrame:
     )
 
 
-def _held(group: pd.DataFrame) -> list[tuple[Any, ...]]:
-    return _no_nan(group[list(COLUMNS)].itertuples(index=False, name=None))
+def _by_series(bars: pd.DataFrame) -> dict[Key, list[tuple[Any, ...]]]:
+    """_held_columns' rows (as pandas) -> per (symbol, interval), its bars as recent.COLUMNS.
+
+    One conversion of each column to Python values (every held column is
+    non-null in silver), not a pandas group per series.
+    """
+    out: dict[Key, list[tuple[Any, ...]]] = {}
+    keys = zip(bars["symbol"].tolist(), bars["interval"].tolist(), strict=True)
+    values = zip(*(bars[c].tolist() for c in COLUMNS), strict=True)
+    for key, bar in zip(keys, values, strict=True):
+        out.setdefault(key, []).append(bar)
+    return out
 
 
-def _final_from(group: pd.DataFrame) -> int | None:
-    finals = group.loc[group["is_final"].astype(bool), "open_ms"]
-    return None if finals.empty else int(finals.min())
-
-
-def _no_nan(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """pandas' values as Spark takes them: numpy scalars as Python ones, NaN as null."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.generic):
-            value = value.item()
-        return None if isinstance(value, float) and math.isnan(value) else value
-
-    return [tuple(plain(v) for v in row) for row in rows]
+def _changed(key: Key, bars: list[tuple[Any, ...]]) -> Changed:
+    finals = [b[_OPEN] for b in bars if b[_FINAL]]
+    return Changed(*key, min(b[_OPEN] for b in bars), min(finals) if finals else None)
 
 
 class GoldBatch:
@@ -199,20 +200,17 @@ class GoldBatch:
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         self._batch = current_batch(self._spark, QUERY_NAME, batch_id)
-        bars: pd.DataFrame = _held_columns(df).toPandas()
-        if bars.empty:
+        bars = _by_series(_held_columns(df).toPandas())
+        if not bars:
             log.info("batch %d: no change", batch_id)
             return
-        changed = [
-            Changed(symbol, interval, int(group["open_ms"].min()), _final_from(group))
-            for (symbol, interval), group in bars.groupby(["symbol", "interval"], sort=True)
-        ]
+        changed = [_changed(key, bars[key]) for key in sorted(bars)]
         wanted = {(c.symbol, c.interval): self._lookback(c) for c in changed}
         missing = self._recent.needs(wanted)
         if missing:
             self._load(missing)
-        for (symbol, interval), group in bars.groupby(["symbol", "interval"], sort=False):
-            self._recent.update((symbol, interval), _held(group))
+        for key, held in bars.items():
+            self._recent.update(key, held)
         # Signals and cross-asset figures come from final bars only: most batches
         # (a minute ends once every four 15 s triggers) do not read silver at all.
         finals = [c for c in changed if c.final_from_ms is not None]
@@ -220,7 +218,7 @@ class GoldBatch:
         # starts before the signals and cross-asset figures are computed.
         written = [tables.MARKET_SUMMARY]
         with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
-            summary = self._summary(changed, wanted)
+            summary = self._summary(changed)
             upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, summary)]
             silver_bars = (
                 read_table(self._spark, self._silver_path).withColumn(
@@ -268,10 +266,9 @@ class GoldBatch:
             .transform(_held_columns)
             .toPandas()
         )
-        held = dict(iter(rows.groupby(["symbol", "interval"], sort=False)))
+        held = _by_series(rows)
         for key, lo in missing.items():
-            group = held.get(key)
-            self._recent.load(key, lo, [] if group is None else _held(group))
+            self._recent.load(key, lo, held.get(key, []))
 
     def _since(self, bars: DataFrame, starts: list[tuple[Any, ...]], schema: str) -> DataFrame:
         """Silver's `bars` of each series in `starts` (symbol, interval, lo_ms, then any
@@ -285,7 +282,7 @@ class GoldBatch:
             since[interval] = min(since.get(interval, lo), lo)
         return (
             bars.filter(
-                F.col("symbol").isin(sorted({start[0] for start in starts}))
+                is_in("symbol", sorted({start[0] for start in starts}))
                 & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
             )
             .join(F.broadcast(self._spark.createDataFrame(starts, schema)), ["symbol", "interval"])
@@ -298,19 +295,19 @@ class GoldBatch:
 
     # -- per series -------------------------------------------------------------------
 
-    def _summary(self, changed: list[Changed], wanted: dict[Key, int]) -> DataFrame:
+    def _summary(self, changed: list[Changed]) -> DataFrame:
         """The market summary of every changed bar, from the held bars of its series."""
         rows: list[tuple[Any, ...]] = []
         for c in changed:
-            bars = self._recent.frame((c.symbol, c.interval), wanted[(c.symbol, c.interval)])
-            values = A.market_summary(
-                bars, INTERVAL_MS[c.interval], self._gold.vol_window, c.from_ms
-            ).merge(bars.rename(columns={"updated_ms": "bar_updated_ms"}), on="open_ms")
-            rows.extend(
-                (c.symbol, c.interval, *r)
-                for r in values[list(_SUMMARY_ROWS.fieldNames()[2:])].itertuples(index=False)
-            )
-        frame = self._spark.createDataFrame(_no_nan(rows), _SUMMARY_ROWS)
+            series = self._recent[(c.symbol, c.interval)]
+            columns = series.columns()
+            step = INTERVAL_MS[c.interval]
+            for i in range(bisect.bisect_left(columns.opens, c.from_ms), len(columns.opens)):
+                open_ms, *values = A.summary_row(columns, i, step, self._gold.vol_window)
+                bar = series.bars[open_ms]
+                closing = (bar[_CLOSE], bar[_FINAL], bar[_UPDATED])
+                rows.append((c.symbol, c.interval, open_ms, bar[_CLOSE_MS], *values, *closing))
+        frame = self._spark.createDataFrame(rows, _SUMMARY_ROWS)
         return (
             frame.select(
                 "symbol",
@@ -379,7 +376,7 @@ class GoldBatch:
             gone = (
                 read_table(self._spark, path)
                 .filter(
-                    F.col("symbol").isin(symbols)
+                    is_in("symbol", symbols)
                     & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
                 )
                 .withColumn("open_ms", F.unix_millis("open_time"))
@@ -418,7 +415,7 @@ class GoldBatch:
             silver_bars.filter(
                 (F.col("interval") == "1m")
                 & F.col("is_final")
-                & F.col("symbol").isin(symbols)
+                & is_in("symbol", symbols)
                 & (F.col("open_ms") >= lo)
             )
             .select("symbol", "open_ms", F.col("close").cast("double").alias("close"))

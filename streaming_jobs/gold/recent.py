@@ -23,11 +23,14 @@ nothing is lost with the driver.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+
+from streaming_jobs.gold.analytics import SeriesColumns
 
 Key = tuple[str, str]  # (symbol, interval)
 # The columns of a held bar, in this order.
@@ -44,19 +47,62 @@ COLUMNS = (
     "updated_ms",
 )
 _OPEN, _UPDATED = COLUMNS.index("open_ms"), COLUMNS.index("updated_ms")
+# What the summary's columns take of a bar, in SeriesColumns.append's order.
+_SUMMED = tuple(
+    COLUMNS.index(c) for c in ("open", "high", "low", "close", "volume", "quote_volume")
+)
 
 
 @dataclass
 class Series:
-    """One series' held bars: every bar opening at or after `complete_from_ms`."""
+    """One series' held bars: every bar opening at or after `complete_from_ms`.
+
+    Besides the bars by open time, their open times in order and the summary's
+    columns (analytics.SeriesColumns), kept up to date from the first bar that
+    changed: a batch that changes the newest bar or two redoes those, not the day.
+    """
 
     complete_from_ms: int
     bars: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    opens: list[int] = field(default_factory=list)
+    _columns: SeriesColumns = field(default_factory=SeriesColumns)
+    _stale_from: int | None = None  # the index from which _columns are out of date
 
     def upsert(self, bar: tuple[Any, ...]) -> None:
-        held = self.bars.get(bar[_OPEN])
-        if held is None or held[_UPDATED] <= bar[_UPDATED]:
-            self.bars[bar[_OPEN]] = bar
+        open_ms = bar[_OPEN]
+        held = self.bars.get(open_ms)
+        if held is not None and held[_UPDATED] > bar[_UPDATED]:
+            return
+        self.bars[open_ms] = bar
+        if held is not None:
+            at = bisect.bisect_left(self.opens, open_ms)
+        elif not self.opens or open_ms > self.opens[-1]:
+            at = len(self.opens)
+            self.opens.append(open_ms)
+        else:
+            at = bisect.bisect_left(self.opens, open_ms)
+            self.opens.insert(at, open_ms)
+        self._stale_from = at if self._stale_from is None else min(self._stale_from, at)
+
+    def columns(self) -> SeriesColumns:
+        """The summary's columns of every held bar, in open-time order."""
+        if self._stale_from is not None:
+            self._columns.truncate(self._stale_from)
+            for open_ms in self.opens[self._stale_from :]:
+                bar = self.bars[open_ms]
+                self._columns.append(open_ms, *(bar[i] for i in _SUMMED))
+            self._stale_from = None
+        return self._columns
+
+    def drop_before(self, bound: int) -> None:
+        """Forget the bars opening before `bound`."""
+        cut = bisect.bisect_left(self.opens, bound)
+        if not cut:
+            return
+        self.columns().drop_first(cut)
+        for open_ms in self.opens[:cut]:
+            del self.bars[open_ms]
+        del self.opens[:cut]
 
 
 class RecentBars:
@@ -68,6 +114,9 @@ class RecentBars:
 
     def __len__(self) -> int:
         return len(self._series)
+
+    def __getitem__(self, key: Key) -> Series:
+        return self._series[key]
 
     def needs(self, wanted: Mapping[Key, int]) -> dict[Key, int]:
         """Of `wanted` (series -> the first open time a batch reads), those not held from there."""
@@ -83,7 +132,7 @@ class RecentBars:
         if series is None:
             series = self._series[key] = Series(from_ms)
         series.complete_from_ms = min(series.complete_from_ms, from_ms)
-        for bar in bars:
+        for bar in sorted(bars, key=lambda b: b[_OPEN]):
             series.upsert(bar)
 
     def update(self, key: Key, bars: Iterable[tuple[Any, ...]]) -> None:
@@ -95,12 +144,11 @@ class RecentBars:
     def trim(self) -> None:
         """Drop the bars older than keep_ms before their series' newest (after a batch)."""
         for (_, interval), series in self._series.items():
-            if not series.bars:
+            if not series.opens:
                 continue
-            bound = max(series.bars) - self._keep_ms[interval]
+            bound = series.opens[-1] - self._keep_ms[interval]
             if series.complete_from_ms < bound:
-                for open_ms in [t for t in series.bars if t < bound]:
-                    del series.bars[open_ms]
+                series.drop_before(bound)
                 series.complete_from_ms = bound
 
     def frame(self, key: Key, from_ms: int) -> pd.DataFrame:
@@ -108,5 +156,6 @@ class RecentBars:
         series = self._series[key]
         if series.complete_from_ms > from_ms:
             raise ValueError(f"{key}: held from {series.complete_from_ms}, asked from {from_ms}")
-        rows = [series.bars[t] for t in sorted(series.bars) if t >= from_ms]
+        start = bisect.bisect_left(series.opens, from_ms)
+        rows = [series.bars[t] for t in series.opens[start:]]
         return pd.DataFrame(rows, columns=list(COLUMNS))

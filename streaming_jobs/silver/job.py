@@ -40,7 +40,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
-from streaming_jobs.common.columns import any_of
+from streaming_jobs.common.columns import any_of, is_in
 from streaming_jobs.common.hudi import (
     Batch,
     BatchLedger,
@@ -276,7 +276,7 @@ class SilverBatch:
                 return
             one_minute = one_minute.filter(F.col("period").isin(recent))
         else:
-            one_minute = one_minute.filter(F.col("symbol").isin(symbols))
+            one_minute = one_minute.filter(is_in("symbol", symbols))
         latest = {
             r["symbol"]: int(r["last"])
             for r in one_minute.groupBy("symbol").agg(F.max("open_ms").alias("last")).collect()
@@ -292,7 +292,7 @@ class SilverBatch:
         ]
         newest = Window.partitionBy("symbol", "interval").orderBy(F.col("open_ms").desc())
         bars = (
-            stored.filter(F.col("symbol").isin(list(latest)) & any_of(since))
+            stored.filter(is_in("symbol", list(latest)) & any_of(since))
             .withColumn("_n", F.row_number().over(newest))
             .filter(F.col("_n") <= LOADED)
             .select(*series.ROW_COLUMNS)
@@ -438,7 +438,7 @@ class SilverBatch:
         since["1m"] = min(since["1m"], series.floor(earliest, self._widest))
         pruned = any_of([tables.opening_since(name, ms) for name, ms in since.items()])
         return stored.filter(
-            pruned & F.col("symbol").isin(list(touched)) & (F.col("open_ms") >= bound)
+            pruned & is_in("symbol", list(touched)) & (F.col("open_ms") >= bound)
         ).select(*series.ROW_COLUMNS)
 
     def _source_trades(self, touched: dict[str, tuple[int, int]], upto: str) -> DataFrame:

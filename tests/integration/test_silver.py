@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from producer.replay.captures import read_capture
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import progress
+from streaming_jobs.common.columns import is_in
 from streaming_jobs.common.hudi import read_table, table_exists, upsert_batch
 from streaming_jobs.common.settings import INTERVAL_MS, PROJECT_ROOT, Settings, load_settings
 from streaming_jobs.silver import indicators as ind, job as silver_job, tables
@@ -353,3 +354,16 @@ def test_a_batch_touching_the_whole_market_reads_its_spans(spark: Any) -> None:
     assert got == set(range(0, n, 2))
     with pytest.raises(ValueError, match="at least one"):
         silver_job.any_of([])
+
+
+def test_is_in_selects_the_rows_column_isin_selects(spark: Any) -> None:
+    """The one-call IN predicate over the whole market's symbols, quotes and backslashes
+    included, selects what Column.isin does (and plans an In filter Hudi can prune on)."""
+    names = [f"S{i:04d}USDT" for i in range(2_000)] + ["O'BRIEN", "BACK\\SLASH", ""]
+    rows = [(name,) for name in [*names, "OTHERUSDT", "O'BRIE", "BACK"]]
+    df = spark.createDataFrame(rows, "symbol string")
+    wanted = [*names[::3], "O'BRIEN", "BACK\\SLASH", ""]
+    got = {r.symbol for r in df.filter(is_in("symbol", wanted)).collect()}
+    assert got == {r.symbol for r in df.filter(F.col("symbol").isin(wanted)).collect()}
+    assert got == set(wanted)
+    assert df.filter(is_in("symbol", [])).count() == 0

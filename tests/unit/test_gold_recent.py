@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from streaming_jobs.gold import analytics as A
 from streaming_jobs.gold.recent import COLUMNS, RecentBars
 
 MIN = 60_000
@@ -64,3 +65,63 @@ def test_trim_keeps_the_window_and_asks_for_what_it_dropped() -> None:
     assert list(recent.frame(KEY, 2 * MIN)["updated_ms"]) == [3] * 9
     recent.trim()
     assert recent.needs({KEY: 4 * MIN}) == {KEY: 4 * MIN}
+
+
+HOUR = 3_600_000
+HOURLY = ("BTCUSDT", "1h")
+
+
+def hourly_bar(hour: int, version: int, close: int) -> tuple[object, ...]:
+    price, volume = Decimal(close) / 7, Decimal(version) / 3
+    quantize = Decimal("0.00000001")
+    price, volume = price.quantize(quantize), volume.quantize(quantize)
+    return (hour * HOUR, hour * HOUR + HOUR - 1, price, price + 1, price - 1, price,
+            volume, (volume * price).quantize(quantize), False, version)  # fmt: skip
+
+
+hourly_versions = st.lists(
+    st.tuples(st.integers(0, 90), st.integers(1, 50), st.integers(1, 1_000)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    loaded=hourly_versions,
+    batches=st.lists(hourly_versions, min_size=1, max_size=8),
+    keep_hours=st.integers(3, 60),
+)
+def test_summary_of_held_bars_equals_a_summary_of_them_afresh(
+    loaded: list[tuple[int, int, int]], batches: list[list[tuple[int, int, int]]], keep_hours: int
+) -> None:
+    """The columns a series keeps up to date between batches (bars changed anywhere,
+    the oldest trimmed, window sums as differences of running sums) give every
+    bar the summary that market_summary gives from the held bars read afresh
+    (itself checked against pandas' rolling windows in test_gold_analytics)."""
+    recent = RecentBars({"1h": keep_hours * HOUR})
+    silver: dict[object, tuple[object, ...]] = {}  # the newest version of each bar
+
+    def write(bars: list[tuple[object, ...]]) -> None:
+        for bar in bars:
+            if bar[0] not in silver or silver[bar[0]][-1] <= bar[-1]:  # type: ignore[operator]
+                silver[bar[0]] = bar
+
+    write([hourly_bar(*b) for b in loaded])
+    recent.load(HOURLY, 0, list(silver.values()))
+    for batch in map(lambda b: [hourly_bar(*x) for x in b], batches):
+        write(batch)
+        # As the job does: a change before the held bars reads the series from there.
+        lo = min(b[0] for b in batch)
+        if recent.needs({HOURLY: lo}):  # type: ignore[dict-item]
+            recent.load(HOURLY, lo, [b for b in silver.values() if b[0] >= lo])  # type: ignore[arg-type, operator]
+        recent.update(HOURLY, batch)
+        recent.trim()
+        series = recent[HOURLY]
+        held = recent.frame(HOURLY, series.complete_from_ms)
+        columns = series.columns()
+        assert columns.opens == list(held["open_ms"])
+        afresh = A.market_summary(held, HOUR, 5, 0).astype(object)
+        afresh = afresh.where(pd.notna(afresh), None)
+        kept = [A.summary_row(columns, i, HOUR, 5) for i in range(len(columns.opens))]
+        assert kept == [tuple(row) for row in afresh.itertuples(index=False)]
