@@ -7,7 +7,7 @@ per (symbol, interval), the earliest bar that changed. Gold then recomputes
 every row whose window contains a changed bar, from the changed bars plus
 the context before them, and upserts:
 
-- gold_market_summary: per bar, from the bar's series (analytics.market_summary);
+- gold_market_summary: per changed bar, from its series (analytics.summary_row);
 - gold_signals: events of final bars (analytics.signals); an event that a
   correction made disappear is kept with `retracted` true;
 - gold_correlation and gold_risk: from the final 1m bars of the active and
@@ -23,7 +23,9 @@ bronze's quarantine of the days touched.
 
 The summary's context comes from the bars gold holds (recent.RecentBars:
 each series' last day, read from silver when a series is first met or a
-change reaches further back, then updated by each batch's changed bars);
+change reaches further back, then updated by each batch's changed bars,
+with the summary's columns and running sums kept per series: a batch
+works on the bars it changed, not on a frame of every held series);
 the signals and cross-asset figures read theirs from silver, in the batches
 where a bar became final. The held bars are a copy of silver, never a
 source: a restart reads them again, recomputes and writes the same rows,
