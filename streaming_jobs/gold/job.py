@@ -63,17 +63,22 @@ from streaming_jobs.common.settings import GOLD_QUERIES, INTERVAL_MS, Settings, 
 from streaming_jobs.common.spark import in_pool
 from streaming_jobs.gold import analytics as A, tables
 from streaming_jobs.gold.quality import Pair, QualityCounts
-from streaming_jobs.gold.recent import COLUMNS, Key, RecentBars
+from streaming_jobs.gold.recent import (
+    CLOSE,
+    CLOSE_MS,
+    COLUMNS,
+    FINAL,
+    OPEN,
+    UPDATED,
+    Key,
+    RecentBars,
+)
 from streaming_jobs.silver import tables as silver
 
 log = logging.getLogger("gold")
 
 QUERY_NAME, QUALITY_QUERY = GOLD_QUERIES
 UPSERT_THREADS = 3
-# Positions in a held bar (recent.COLUMNS).
-_OPEN, _CLOSE_MS, _CLOSE, _FINAL, _UPDATED = (
-    COLUMNS.index(c) for c in ("open_ms", "close_ms", "close", "is_final", "updated_ms")
-)
 UNKNOWN_SYMBOL = "*"  # data-quality rows of quarantined frames with no symbol
 
 PRICE = T.DecimalType(28, 8)
@@ -176,8 +181,8 @@ def _by_series(bars: pd.DataFrame) -> dict[Key, list[tuple[Any, ...]]]:
 
 
 def _changed(key: Key, bars: list[tuple[Any, ...]]) -> Changed:
-    finals = [b[_OPEN] for b in bars if b[_FINAL]]
-    return Changed(*key, min(b[_OPEN] for b in bars), min(finals) if finals else None)
+    finals = [b[OPEN] for b in bars if b[FINAL]]
+    return Changed(*key, min(b[OPEN] for b in bars), min(finals) if finals else None)
 
 
 class GoldBatch:
@@ -307,8 +312,8 @@ class GoldBatch:
             for i in range(bisect.bisect_left(columns.opens, c.from_ms), len(columns.opens)):
                 open_ms, *values = A.summary_row(columns, i, step, self._gold.vol_window)
                 bar = series.bars[open_ms]
-                closing = (bar[_CLOSE], bar[_FINAL], bar[_UPDATED])
-                rows.append((c.symbol, c.interval, open_ms, bar[_CLOSE_MS], *values, *closing))
+                closing = (bar[CLOSE], bar[FINAL], bar[UPDATED])
+                rows.append((c.symbol, c.interval, open_ms, bar[CLOSE_MS], *values, *closing))
         frame = self._spark.createDataFrame(rows, _SUMMARY_ROWS)
         return (
             frame.select(

@@ -46,7 +46,10 @@ COLUMNS = (
     "is_final",
     "updated_ms",
 )
-_OPEN, _UPDATED = COLUMNS.index("open_ms"), COLUMNS.index("updated_ms")
+# Positions in a held bar, for readers of its tuple (the job too).
+OPEN, CLOSE_MS, CLOSE, FINAL, UPDATED = (
+    COLUMNS.index(c) for c in ("open_ms", "close_ms", "close", "is_final", "updated_ms")
+)
 # What the summary's columns take of a bar, in SeriesColumns.append's order.
 _SUMMED = tuple(
     COLUMNS.index(c) for c in ("open", "high", "low", "close", "volume", "quote_volume")
@@ -69,18 +72,13 @@ class Series:
     _stale_from: int | None = None  # the index from which _columns are out of date
 
     def upsert(self, bar: tuple[Any, ...]) -> None:
-        open_ms = bar[_OPEN]
+        open_ms = bar[OPEN]
         held = self.bars.get(open_ms)
-        if held is not None and held[_UPDATED] > bar[_UPDATED]:
+        if held is not None and held[UPDATED] > bar[UPDATED]:
             return
         self.bars[open_ms] = bar
-        if held is not None:
-            at = bisect.bisect_left(self.opens, open_ms)
-        elif not self.opens or open_ms > self.opens[-1]:
-            at = len(self.opens)
-            self.opens.append(open_ms)
-        else:
-            at = bisect.bisect_left(self.opens, open_ms)
+        at = bisect.bisect_left(self.opens, open_ms)
+        if held is None:
             self.opens.insert(at, open_ms)
         self._stale_from = at if self._stale_from is None else min(self._stale_from, at)
 
@@ -132,7 +130,7 @@ class RecentBars:
         if series is None:
             series = self._series[key] = Series(from_ms)
         series.complete_from_ms = min(series.complete_from_ms, from_ms)
-        for bar in sorted(bars, key=lambda b: b[_OPEN]):
+        for bar in sorted(bars, key=lambda b: b[OPEN]):
             series.upsert(bar)
 
     def update(self, key: Key, bars: Iterable[tuple[Any, ...]]) -> None:
