@@ -12,3 +12,9 @@ from streaming_jobs.silver import tables as silver
 def declared() -> dict[str, HudiTable]:
     tables = (*bronze.ALL, silver.OHLCV, *gold.ALL)
     return {table.name: table for table in tables}
+
+
+def written_by(layer: str) -> tuple[HudiTable, ...]:
+    """The tables a layer's driver writes (none for the other entry points)."""
+    layers = {"bronze": bronze.ALL, "silver": (silver.OHLCV,), "gold": gold.ALL}
+    return layers.get(layer, ())

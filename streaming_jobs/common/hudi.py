@@ -389,6 +389,33 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     return any(_COMPLETED.match(s.getPath().getName()) for s in fs.listStatus(timeline))
 
 
+# Hudi writes hoodie.properties after its folders, before any commit; while it
+# rewrites the file it keeps this copy, from which it recovers.
+_PROPERTIES = ("hoodie.properties", "hoodie.properties.backup")
+
+
+def clear_cut_short_creation(spark: SparkSession, path: str) -> bool:
+    """Remove the .hoodie of a table whose creation was cut short; True if there was one.
+
+    Hudi makes a table's folders (.hoodie, its timeline, .temp, .aux) before it
+    writes hoodie.properties; a driver killed in between leaves a .hoodie that
+    every later write of the table fails on ("Could not load Hoodie
+    properties"), so the driver would crash at each restart. Such a .hoodie holds
+    no commit (none starts before the properties exist): the next write creates
+    the table afresh. A .hoodie with a completed commit is never touched.
+    """
+    fs, root = _fs_path(spark, path)
+    meta = root.suffix("/.hoodie")
+    if not fs.exists(meta):
+        return False
+    if any(fs.exists(meta.suffix(f"/{name}")) for name in _PROPERTIES):
+        return False
+    if table_exists(spark, path):
+        return False  # not a creation: Hudi's own error says what is missing
+    fs.delete(meta, True)
+    return True
+
+
 def list_tables(spark: SparkSession, tables_root: str) -> dict[str, str]:
     """Name -> path of every Hudi table (a folder holding .hoodie) under tables_root."""
     jvm = spark.sparkContext._jvm

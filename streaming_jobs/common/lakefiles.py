@@ -210,10 +210,12 @@ def partitions(settings: Settings, table: str) -> list[str]:
 
 
 def tables(settings: Settings) -> list[str]:
+    """The tables Hudi has created: a .hoodie without hoodie.properties is a creation
+    under way or cut short (common/hudi.clear_cut_short_creation), not yet a table."""
     store = Store(settings)
     names = {
         n.split("/", 1)[0]
         for n in store.list(settings.table_path("").rstrip("/"))
-        if "/.hoodie/" in n
+        if n.endswith("/.hoodie/hoodie.properties")
     }
     return sorted(names)

@@ -18,7 +18,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from streaming_jobs.common import metrics, s3
-from streaming_jobs.common.hudi import LayoutError, check_layouts
+from streaming_jobs.common.hudi import LayoutError, check_layouts, clear_cut_short_creation
 from streaming_jobs.common.settings import Settings, load_settings
 
 Start = Callable[[SparkSession, Settings, bool], Any]
@@ -51,13 +51,20 @@ def run_layer(
             logging.getLogger(layer).error("the lake's storage is unavailable: %s", err)
             return 69  # EX_UNAVAILABLE: the supervisor tries again with backoff
     spark = SparkSession.builder.getOrCreate()
-    from streaming_jobs.catalog import declared  # every layer checks every table it may meet
+    from streaming_jobs.catalog import declared, written_by
 
-    try:
+    try:  # every layer checks every table it may meet
         check_layouts(spark, {settings.table_path(t.name): t for t in declared().values()})
     except LayoutError as err:
         logging.getLogger(layer).error("%s", err)
         return EX_CONFIG
+    for table in written_by(layer):  # only its own: another layer may be creating one
+        if clear_cut_short_creation(spark, settings.table_path(table.name)):
+            logging.getLogger(layer).warning(
+                "%s: removed the .hoodie of a creation cut short (no hoodie.properties, "
+                "no commit); the next batch creates the table",
+                table.name,
+            )
     if not args.once:  # before the queries start, so the listener sees them start
         metrics.serve(spark, layer, settings.services.host, settings.layer(layer).metrics_port)
     if prepare is not None:

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,7 +22,13 @@ from kafka.admin import NewTopic
 from pyspark.sql import functions as F, types as T
 
 from producer.topics import admin_client
-from streaming_jobs.common.hudi import HudiTable, read_table, upsert_batch
+from streaming_jobs.common.hudi import (
+    HudiTable,
+    clear_cut_short_creation,
+    read_table,
+    upsert_batch,
+    write_batch,
+)
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -166,3 +173,34 @@ def test_s3_keys_with_spaces_and_equals_signs(services: Settings) -> None:
     assert client.list_keys(bucket, "tables/t/window=1 hour/") == [key]
     assert client.get(bucket, key) == b""
     assert client.list_keys(f"{bucket}-none") == []  # no bucket yet: nothing there
+
+
+@pytest.mark.parametrize("profile", ["local", "minio"])
+def test_a_creation_cut_short_is_cleared_and_the_table_made_afresh(
+    services: Settings, spark: Any, profile: str
+) -> None:
+    """A driver killed between Hudi's first folders and hoodie.properties must not crash-loop.
+
+    Seen in CI's chaos round on MinIO: gold was killed while gold_quality created
+    gold_data_quality, and every restart then failed on the properties file.
+    """
+    settings = load_settings(environ={**os.environ, "STORAGE": profile})
+    name = f"cut_short_{profile}_{uuid.uuid4().hex[:8]}"
+    path = settings.table_path(name)
+    table = HudiTable(name, ("symbol", "trade_id"), "version", ("day",))
+    rows = spark.createDataFrame(
+        [("BTCUSDT", 1, Decimal("61000.10000000"), 1, "2024-08-08")], PROOF_SCHEMA
+    )
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(path)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    for folder in (".hoodie/timeline", ".hoodie/.temp", ".hoodie/.aux/.bootstrap/.partitions"):
+        fs.mkdirs(root.suffix(f"/{folder}"))  # what Hudi makes before hoodie.properties
+    with pytest.raises(Exception, match="Could not load Hoodie properties"):
+        write_batch(rows, table, path)  # the trap itself, so the test proves the repair
+
+    assert clear_cut_short_creation(spark, path)
+    write_batch(rows, table, path)
+    assert [(r.symbol, r.trade_id) for r in read_table(spark, path).collect()] == [("BTCUSDT", 1)]
+    assert not clear_cut_short_creation(spark, path), "a table with a commit is never cleared"
+    assert read_table(spark, path).count() == 1
