@@ -17,13 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hudi import HudiReadOptions, HudiTableBuilder
+from hudi import HudiQueryType, HudiReadOptions, HudiTableBuilder
 
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import Settings
@@ -173,6 +174,37 @@ def latest_rows(
         return []
     rows: list[dict[str, Any]] = pa.Table.from_batches(batches).to_pylist()
     return rows
+
+
+def row_batches(
+    settings: Settings, table: str, filters: list[Filter], columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The current rows of a table that pass `filters`, a few at a time (a file slice
+    is read as it is consumed, so a whole day never sits in memory at once)."""
+    options = HudiReadOptions(filters=filters, projection=columns)
+    yield from _hudi_table(settings, table).read_stream(options)
+
+
+_INSTANT_FORMAT = "%Y%m%d%H%M%S%f"
+
+
+def rows_since(
+    settings: Settings, table: str, instant: str, columns: list[str]
+) -> list[pa.RecordBatch]:
+    """The rows of the files that commits from `instant` on wrote (an incremental query).
+
+    Every row of those commits, and more: a file a commit rewrote (or clustering
+    packed) also holds rows of older commits; callers keep the ones they want
+    by `_hoodie_commit_time`.
+    """
+    before = dt.datetime.strptime(instant, _INSTANT_FORMAT) - dt.timedelta(milliseconds=1)
+    options = (
+        HudiReadOptions(projection=columns)
+        .with_query_type(HudiQueryType.Incremental)
+        .with_start_timestamp(before.strftime(_INSTANT_FORMAT)[:17])
+    )
+    batches: list[pa.RecordBatch] = _hudi_table(settings, table).read(options)
+    return batches
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,14 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession, Window, functions as F, types as T
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
@@ -62,7 +65,7 @@ from streaming_jobs.common.layer import run_layer
 from streaming_jobs.common.settings import GOLD_QUERIES, INTERVAL_MS, Settings, duration_ms
 from streaming_jobs.common.spark import in_pool
 from streaming_jobs.gold import analytics as A, tables
-from streaming_jobs.gold.quality import Pair, QualityCounts
+from streaming_jobs.gold.quality import TRADE_COLUMNS, Pair, QualityCounts, trade_figures
 from streaming_jobs.gold.recent import (
     CLOSE,
     CLOSE_MS,
@@ -221,12 +224,14 @@ class GoldBatch:
         # Signals and cross-asset figures come from final bars only: most batches
         # (a minute ends once every four 15 s triggers) do not read silver at all.
         finals = [c for c in changed if c.final_from_ms is not None]
-        # The market summary, what a reader waits for, commits first: its upsert
-        # starts before the signals and cross-asset figures are computed.
+        # The market summary, what a reader waits for, commits first and alone: beside
+        # the signals and cross-asset work it shared the cores with them (in make
+        # bench-live, batches with that work took 22-38 s, those without 4-18 s).
         written = [tables.MARKET_SUMMARY]
+        self._upsert(tables.MARKET_SUMMARY, self._summary(changed))
+        summary_s = time.monotonic() - started
         with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
-            summary = self._summary(changed)
-            upserts = [pool.submit(self._upsert, tables.MARKET_SUMMARY, summary)]
+            upserts = []
             silver_bars = (
                 read_table(self._spark, self._silver_path).withColumn(
                     "open_ms", F.unix_millis("open_time")
@@ -244,12 +249,14 @@ class GoldBatch:
                 upsert.result()
         self._recent.trim()
         log.info(
-            "batch %d: %d series changed (%d read from silver), wrote %s in %.1f s",
+            "batch %d: %d series changed (%d read from silver), wrote %s in %.1f s "
+            "(the summary committed at %.1f s)",
             batch_id,
             len(changed),
             len(missing),
             ", ".join(table.name for table in written),
             time.monotonic() - started,
+            summary_s,
         )
 
     def _context_bars(self, interval: str) -> int:
@@ -488,6 +495,7 @@ class QualityBatch:
         self._spark = spark
         self._settings = settings
         self._counts = QualityCounts()
+        self._watermark_ms = settings.pipeline.streaming.silver.watermark_ms
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -526,101 +534,81 @@ class QualityBatch:
     def count(self, pairs: list[Pair]) -> Counted:
         """The trade counts of `pairs` as of bronze's timeline listed now.
 
-        The days held get the commits completed since the last call; days met for
-        the first time every row of a commit completed by now."""
-        listed = lakefiles.timeline(self._settings, bronze.TRADES.name)
+        The days held get the commits completed since the last call (an incremental
+        read of the files they wrote); days met for the first time every row of a
+        commit completed by now (their dates' files, a file slice at a time). Read
+        without Spark (hudi-rs): a minute's commits are a few files."""
+        table = bronze.TRADES.name
+        listed = lakefiles.timeline(self._settings, table)
         new = self._counts.new_commits(listed.completed)
-        held = sorted(self._counts.held()) if new else []
+        held = self._counts.held() if new else set()
         fresh = self._counts.meet(pairs)
-        commit = F.col("_hoodie_commit_time")
-        parts = []
+        read = 0
         if held:
-            parts.append((held, commit.isin(new)))
+            read += self._add(
+                lakefiles.rows_since(self._settings, table, new[0], TRADE_COLUMNS),
+                held,
+                listed,
+                lambda commits: pc.is_in(commits, pa.array(new, pa.string())),
+            )
         if fresh:
             # Not a write still in flight at the listing (an instant earlier than the
             # last completed one may complete after it): the next batch adds it.
-            upto = commit <= max(listed.completed, default="")
-            in_flight = commit.isin(sorted(listed.pending)) if listed.pending else F.lit(False)
-            parts.append((fresh, upto & ~in_flight))
-        read = 0
-        if parts:
-            watermark_ms = self._settings.pipeline.streaming.silver.watermark_ms
-            runs, buckets = trade_counts(
-                self._spark,
-                read_table(self._spark, self._settings.table_path(bronze.TRADES.name)),
-                parts,
-                listed.completed,
-                watermark_ms,
+            upto = max(listed.completed, default="")
+            in_flight = pa.array(sorted(listed.pending), pa.string())
+            dates = ",".join(sorted({d.isoformat() for _, d in fresh}))
+            read += self._add(
+                lakefiles.row_batches(
+                    self._settings, table, [("date", "IN", dates)], TRADE_COLUMNS
+                ),
+                set(fresh),
+                listed,
+                lambda commits: pc.and_(
+                    pc.less_equal(commits, upto), pc.invert(pc.is_in(commits, in_flight))
+                ),
             )
-            self._counts.add_runs(runs)
-            self._counts.add_latencies(buckets)
-            read = sum(b[3] for b in buckets)
         self._counts.done(listed.completed)
         return Counted(self._counts.rows(pairs), len(fresh), len(new), read)
 
+    def _add(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        pairs: set[Pair],
+        listed: lakefiles.Timeline,
+        of_commits: Callable[[pa.ChunkedArray], pa.ChunkedArray],
+    ) -> int:
+        """Add the rows of `pairs` whose commit `of_commits` keeps, about a million at a
+        time; returns how many were added."""
+        symbols = pa.array(sorted({s for s, _ in pairs}))
+        added = 0
+        for rows in _chunks(batches, _CHUNK_ROWS):
+            rows = rows.filter(
+                pc.and_(of_commits(rows["_hoodie_commit_time"]), pc.is_in(rows["symbol"], symbols))
+            )
+            keys = zip(rows["symbol"].to_pylist(), rows["date"].to_pylist(), strict=True)
+            rows = rows.filter(pa.array([key in pairs for key in keys], pa.bool_()))
+            runs, buckets = trade_figures(rows, listed.completed, self._watermark_ms)
+            self._counts.add_runs(runs)
+            self._counts.add_latencies(buckets)
+            added += rows.num_rows
+        return added
 
-def latency_bucket(ms: Column) -> Column:
-    """A latency in ms rounded toward zero to three significant digits of whole ms
-    (quality.Histogram's buckets): digits counted on the integer's text, no logarithm."""
-    whole = F.floor(F.abs(ms))
-    width = F.pow(F.lit(10.0), F.greatest(F.length(whole.cast("string")) - 3, F.lit(0)))
-    return F.signum(ms) * F.floor(F.abs(ms) / width) * width
+
+_CHUNK_ROWS = 1_000_000  # rows of bronze counted at once: a day is read a slice at a time
 
 
-def trade_counts(
-    spark: SparkSession,
-    trades: DataFrame,
-    parts: list[tuple[list[Pair], Column]],
-    completed: dict[str, int],
-    watermark_ms: int,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Of bronze's `trades`, the rows of each part's (symbol, day) pairs its condition
-    keeps: their runs of consecutive ids (symbol, date, backfill, lo, hi), and
-    their latencies by bucket (symbol, date, bucket, trades, late trades, max ms)."""
-    pairs = spark.createDataFrame(
-        [(s, d, i) for i, (part, _) in enumerate(parts) for s, d in part],
-        "symbol string, date date, part int",
-    )
-    commits = spark.createDataFrame(
-        sorted(completed.items()) or [("", 0)], "commit string, committed_ms long"
-    )
-    dates = sorted({d for part, _ in parts for _, d in part})
-    rows = (
-        trades.filter(F.col("date").isin(dates))  # partition pruning
-        .join(F.broadcast(pairs), ["symbol", "date"])
-        .filter(any_of([(F.col("part") == i) & keep for i, (_, keep) in enumerate(parts)]))
-        .join(F.broadcast(commits), F.col("_hoodie_commit_time") == F.col("commit"), "left")
-        .select(
-            "symbol",
-            "date",
-            "trade_id",
-            "backfill",
-            (F.unix_millis("recv_time") - F.unix_millis("trade_time") > watermark_ms).alias("late"),
-            F.when(~F.col("backfill"), F.col("committed_ms") - F.col("recv_ns") / 1e6).alias(
-                "latency_ms"
-            ),
-        )
-        .localCheckpoint()
-    )
-    # Runs of consecutive ids: id - its rank among its flag's ids is constant along a run.
-    by_id = Window.partitionBy("symbol", "date", "backfill").orderBy("trade_id")
-    runs = (
-        rows.withColumn("run", F.col("trade_id") - F.row_number().over(by_id))
-        .groupBy("symbol", "date", "backfill", "run")
-        .agg(F.min("trade_id").alias("lo"), F.max("trade_id").alias("hi"))
-        .select("symbol", "date", "backfill", "lo", "hi")
-        .collect()
-    )
-    buckets = (
-        rows.groupBy("symbol", "date", latency_bucket(F.col("latency_ms")).alias("bucket"))
-        .agg(
-            F.count("*").alias("trades"),
-            F.count(F.when(F.col("late"), 1)).alias("late"),
-            F.max("latency_ms").alias("max_ms"),
-        )
-        .collect()
-    )
-    return [tuple(r) for r in runs], [tuple(r) for r in buckets]
+def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Record batches -> tables of at least `rows` rows each (the last: what is left)."""
+    chunk: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        chunk.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            yield pa.Table.from_batches(chunk)
+            chunk, held = [], 0
+    if chunk:
+        yield pa.Table.from_batches(chunk)
 
 
 _TRADE_COUNTS = T.StructType(

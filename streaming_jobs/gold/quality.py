@@ -1,9 +1,11 @@
 """gold_data_quality's trade counts, kept per (symbol, UTC day) between batches.
 
-Pure Python, no Spark. Counting a day's trades again every minute reads the
-whole day from bronze, and that read grows until midnight: at 1,000 trades/s
-it took 25 s of the gold driver a minute (make bench-live), beside the
-analytics a reader waits for. Bronze's trades are immutable (bulk-inserted,
+Pure Python (pandas over the Arrow rows hudi-rs reads from bronze), no Spark:
+Spark took 11-21 s of a minute to count a minute's commits at 1,000 trades/s
+(make bench-live, 2026-12-06). Counting a day's trades again every minute
+reads the whole day from bronze, and that read grows until midnight: at
+1,000 trades/s it took 25 s of the gold driver a minute (make bench-live),
+beside the analytics a reader waits for. Bronze's trades are immutable (bulk-inserted,
 a duplicate dropped before it is written: bronze/tables.py), so each row
 appears in exactly one commit, and a day's figures are the sum of its
 commits' figures, except for the ones that depend on the order of the ids:
@@ -13,7 +15,7 @@ commits' figures, except for the ones that depend on the order of the ids:
   run is a run of `IdSet` of the backfilled ids. An id met twice counts once.
 - `Histogram`: ingest latency (commit completed - producer receipt) in
   buckets of three significant digits of whole milliseconds (at most 1 ms
-  or 1% below the value; the job's `latency_bucket` rounds), so the day's
+  or 1% below the value; `latency_bucket` rounds), so the day's
   p99 comes from counts, not from every trade's latency; the maximum is
   kept exactly.
 
@@ -29,11 +31,98 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
 Pair = tuple[str, dt.date]  # (symbol, UTC day)
+Run = tuple[str, dt.date, bool, int, int]  # (symbol, day, backfill, lo, hi)
+# (symbol, day, latency bucket, trades, late trades, max latency ms)
+Bucket = tuple[str, dt.date, float | None, int, int, float | None]
+
+# What of bronze_trades the counts read.
+TRADE_COLUMNS = [
+    "_hoodie_commit_time",
+    "symbol",
+    "date",
+    "trade_id",
+    "backfill",
+    "recv_time",
+    "trade_time",
+    "recv_ns",
+]
+_POWERS_OF_TEN = 10.0 ** np.arange(1, 19)
+
+
+def latency_bucket(ms: np.ndarray) -> np.ndarray:
+    """Latencies in ms rounded toward zero to three significant digits of whole ms
+    (Histogram's buckets; NaN stays NaN): digits counted against powers of ten, no
+    logarithm, so 1000 has four digits however it is represented."""
+    magnitude = np.abs(ms)
+    digits = 1 + np.searchsorted(_POWERS_OF_TEN, np.floor(magnitude), side="right")
+    width = 10.0 ** np.maximum(digits - 3, 0)
+    out: np.ndarray = np.sign(ms) * np.floor(magnitude / width) * width
+    return out
+
+
+def trade_figures(
+    trades: pa.Table, completed: Mapping[str, int], watermark_ms: int
+) -> tuple[list[Run], list[Bucket]]:
+    """Bronze trade rows (TRADE_COLUMNS) -> what `QualityCounts.add_runs` and
+    `add_latencies` take: their runs of consecutive ids, and their latencies (the
+    commit's completion in `completed` - the producer's receipt; none for a backfilled
+    trade or a commit not listed) by bucket. A trade met twice counts once."""
+    if trades.num_rows == 0:
+        return [], []
+    frame = pd.DataFrame(
+        {
+            "symbol": trades["symbol"].to_pandas(),
+            "date": trades["date"].to_pandas(date_as_object=True),
+            "trade_id": trades["trade_id"].to_pandas(),
+            "backfill": trades["backfill"].to_pandas(),
+            "recv_us": trades["recv_time"].cast(pa.int64()).to_pandas(),
+            "trade_us": trades["trade_time"].cast(pa.int64()).to_pandas(),
+            "recv_ns": trades["recv_ns"].to_pandas(),
+            "commit": trades["_hoodie_commit_time"].to_pandas(),
+        }
+    ).drop_duplicates(["symbol", "trade_id"])
+    # Whole ms of each time (as Spark's unix_millis), then their difference.
+    waited = np.floor(frame["recv_us"] / 1000) - np.floor(frame["trade_us"] / 1000)
+    frame["late"] = (waited > watermark_ms).astype(int)
+    # In whole ns first: a receipt in ns (about 1.7e18) is not exact as a double.
+    committed_ms = frame["commit"].map(completed).astype("Int64")
+    lag_ns = committed_ms * 1_000_000 - frame["recv_ns"].astype("Int64")
+    latency = (lag_ns / 1e6).where(~frame["backfill"]).to_numpy(float, na_value=np.nan)
+    frame["latency"] = latency
+    frame["bucket"] = latency_bucket(latency)
+    # Runs of consecutive ids: id - its rank among its flag's ids is constant along a run.
+    series = ["symbol", "date", "backfill"]
+    ordered = frame.sort_values([*series, "trade_id"])
+    ordered["run"] = ordered["trade_id"] - ordered.groupby(series, sort=False).cumcount()
+    runs = ordered.groupby([*series, "run"], sort=False)["trade_id"].agg(["min", "max"])
+    buckets = frame.groupby(["symbol", "date", "bucket"], dropna=False, sort=False).agg(
+        trades=("trade_id", "size"), late=("late", "sum"), max_ms=("latency", "max")
+    )
+    return (
+        [
+            (s, d, bool(b), int(lo), int(hi))
+            for (s, d, b, _), lo, hi in zip(runs.index, runs["min"], runs["max"], strict=True)
+        ],
+        [
+            (s, d, _value(bucket), int(n), int(late), _value(max_ms))
+            for (s, d, bucket), n, late, max_ms in zip(
+                buckets.index, buckets["trades"], buckets["late"], buckets["max_ms"], strict=True
+            )
+        ],
+    )
+
+
+def _value(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
 
 
 class IdSet:

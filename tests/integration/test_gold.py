@@ -352,7 +352,11 @@ def quality_oracle(spark: Any, settings: Settings) -> dict[tuple[str, Any], dict
         )
         .toPandas()
     )
-    rows["latency_ms"] = rows["_hoodie_commit_time"].map(committed) - rows["recv_ns"] / 1e6
+    # Commit completed - receipt, in whole ns first (a receipt in ns is not exact as a double).
+    rows["latency_ms"] = [
+        (committed[c] * 1_000_000 - ns) / 1e6 if c in committed and ns == ns else np.nan
+        for c, ns in zip(rows["_hoodie_commit_time"], rows["recv_ns"], strict=True)
+    ]
     out = {}
     for (symbol, day), t in rows.groupby(["symbol", "date"]):
         t = t.sort_values("trade_id")

@@ -5,14 +5,22 @@ the way a full count does (pandas, ids in order, each id against the one before)
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streaming_jobs.gold.quality import Histogram, IdSet, QualityCounts
+from streaming_jobs.gold.quality import (
+    Histogram,
+    IdSet,
+    QualityCounts,
+    latency_bucket,
+    trade_figures,
+)
 
 DAY = dt.date(2024, 8, 8)
 
@@ -158,3 +166,100 @@ def test_days_older_than_kept_are_forgotten_and_met_again_in_full() -> None:
     counts.trim()
     assert counts.held() == {("BTCUSDT", days[1]), ("BTCUSDT", days[2]), ("ETHUSDT", days[0])}
     assert counts.meet([("BTCUSDT", days[0])]) == [("BTCUSDT", days[0])]
+
+
+def bucket_by_text(ms: float) -> float:
+    """Toward zero to three significant digits of whole ms, on the integer's text."""
+    text = str(int(abs(ms)))
+    kept = int(text[:3]) * 10 ** max(len(text) - 3, 0)
+    return math.copysign(float(kept), ms) if ms else 0.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.floats(-1e9, 1e12, allow_nan=False),
+        st.integers(0, 12).map(lambda n: float(10**n)),  # 1000 has four digits
+        st.integers(0, 12).map(lambda n: float(10**n) - 0.5),
+    )
+)
+def test_latency_bucket_keeps_three_significant_digits_of_whole_ms(ms: float) -> None:
+    assert latency_bucket(np.array([ms]))[0] == bucket_by_text(ms)
+
+
+def test_latency_bucket_keeps_nan() -> None:
+    assert np.isnan(latency_bucket(np.array([np.nan]))[0])
+
+
+DAYS = (DAY, DAY + dt.timedelta(days=1))
+bronze_trade = st.tuples(
+    st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+    st.sampled_from(DAYS),
+    st.integers(0, 90),  # trade id
+    st.booleans(),  # backfill
+    st.integers(0, 3),  # the commit that holds it (3: not listed, so no latency)
+    st.integers(0, 12_000_000),  # receipt after the trade, us (watermark 5 s)
+    # Commit after receipt, ns; whole ms, the precision of a double near 1.7e12 ms
+    # being 0.24 us (Spark's formula computes in doubles the same way).
+    st.integers(1, 3_000).map(lambda ms: ms * 1_000_000),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(bronze_trade, min_size=1, max_size=60), st.integers(0, 3))
+def test_trade_figures_of_bronze_rows_count_what_a_recount_gives(
+    rows: list[tuple[str, dt.date, int, bool, int, int, int]], repeated: int
+) -> None:
+    """Rows as hudi-rs gives them (Arrow: timestamps in us, the commit's instant), one
+    trade repeated (a file read twice), through trade_figures into QualityCounts: each
+    day's figures equal a recount of its distinct trades with latency, lateness and
+    bucket computed here from the same numbers another way."""
+    watermark_ms = 5_000
+    distinct = {(s, t): row for row in rows for s, _, t, *_ in [row]}
+    trades = list(distinct.values())
+    trades += trades[:1] * repeated
+    completed = {f"2024080800000000{c}": 1_723_075_200_000 + 60_000 * c for c in range(3)}
+    commits = [f"2024080800000000{c}" for c in range(4)]
+    epoch_us = {d: int(dt.datetime.combine(d, dt.time(), dt.UTC).timestamp() * 1e6) for d in DAYS}
+    table = pa.table(
+        {
+            "_hoodie_commit_time": [commits[r[4]] for r in trades],
+            "symbol": [r[0] for r in trades],
+            "date": pa.array([r[1] for r in trades], pa.date32()),
+            "trade_id": pa.array([r[2] for r in trades], pa.int64()),
+            "backfill": [r[3] for r in trades],
+            "recv_time": pa.array(
+                [epoch_us[r[1]] + 1_000 + r[5] for r in trades], pa.timestamp("us", "UTC")
+            ),
+            "trade_time": pa.array(
+                [epoch_us[r[1]] + 1_000 for r in trades], pa.timestamp("us", "UTC")
+            ),
+            "recv_ns": pa.array(
+                [completed.get(commits[r[4]], 0) * 1_000_000 - r[6] for r in trades], pa.int64()
+            ),
+        }
+    )
+    counts = QualityCounts()
+    pairs = sorted({(s, d) for s, d, *_ in distinct.values()})
+    counts.meet(pairs)
+    runs, buckets = trade_figures(table, completed, watermark_ms)
+    counts.add_runs(runs)
+    counts.add_latencies(buckets)
+    for pair in pairs:
+        day = pd.DataFrame(
+            [r for r in distinct.values() if (r[0], r[1]) == pair],
+            columns=["symbol", "date", "trade_id", "backfill", "commit", "waited_us", "lag_ns"],
+        )
+        day["late"] = day["waited_us"] // 1000 > watermark_ms  # both times whole ms apart
+        listed = day["commit"] < 3
+        day["latency"] = (day["lag_ns"] / 1e6).where(listed)  # completion - receipt
+        day["bucket"] = [bucket_by_text(x) if x == x else np.nan for x in day["latency"]]
+        want = recount(day.assign(backfill=day["backfill"] | ~listed))
+        want["backfilled_trades"] = int(day["backfill"].sum())
+        want["gaps_filled"] = recount(day)["gaps_filled"]
+        got = counts.rows([pair])[pair]
+        for key in ("latency_max_s", "latency_p99_s"):
+            g, w = got.pop(key), want.pop(key)
+            assert (g is None) == (w is None)
+            assert g is None or g == pytest.approx(w, abs=1e-9)
+        assert got == want
