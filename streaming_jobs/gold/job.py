@@ -249,14 +249,15 @@ class GoldBatch:
                 upsert.result()
         self._recent.trim()
         log.info(
-            "batch %d: %d series changed (%d read from silver), wrote %s in %.1f s "
-            "(the summary committed at %.1f s)",
+            # Ends "in <s> s", as every layer's batch line (tests/bench reads them).
+            "batch %d: %d series changed (%d read from silver), wrote %s (the summary "
+            "at %.1f s) in %.1f s",
             batch_id,
             len(changed),
             len(missing),
             ", ".join(table.name for table in written),
-            time.monotonic() - started,
             summary_s,
+            time.monotonic() - started,
         )
 
     def _context_bars(self, interval: str) -> int:

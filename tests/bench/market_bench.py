@@ -9,7 +9,7 @@ subscribes to all of them (4,000 streams: four connections, as Binance
 allows 1,024 streams per connection) and the whole pipeline runs as `make up`
 runs it: Kafka, MinIO, Prometheus, the producer and the bronze, silver and
 gold drivers, each under its supervisor, on a state dir and ports of its own
-(`.state/bench-market`, ports +30000). Two phases, each on a fresh stack:
+(`.state/bench-market`, ports +21000). Two phases, each on a fresh stack:
 
 1. base: the replay at speed 1 for `--minutes`;
 2. burst: the same market at speed 5 (5x both rates) for `--burst-minutes`.
@@ -60,7 +60,7 @@ from tests.demo import CAPTURES
 from tests.support import get_json
 
 STATE = PROJECT_ROOT / ".state" / "bench-market"
-PORT_SHIFT = 30000
+PORT_SHIFT = 21000  # every port below the ephemeral range (live_bench.PORT_SHIFT)
 START_MS = 1_723_161_600_000  # 2024-08-09 00:00 UTC, the day after the real capture
 LOOP_MINUTES = 5
 SAMPLE_S = 10.0
