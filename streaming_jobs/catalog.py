@@ -8,13 +8,13 @@ from streaming_jobs.common.hudi import HudiTable
 from streaming_jobs.gold import tables as gold
 from streaming_jobs.silver import tables as silver
 
+_BY_LAYER = {"bronze": bronze.ALL, "silver": (silver.OHLCV,), "gold": gold.ALL}
+
 
 def declared() -> dict[str, HudiTable]:
-    tables = (*bronze.ALL, silver.OHLCV, *gold.ALL)
-    return {table.name: table for table in tables}
+    return {table.name: table for tables in _BY_LAYER.values() for table in tables}
 
 
 def written_by(layer: str) -> tuple[HudiTable, ...]:
     """The tables a layer's driver writes (none for the other entry points)."""
-    layers = {"bronze": bronze.ALL, "silver": (silver.OHLCV,), "gold": gold.ALL}
-    return layers.get(layer, ())
+    return _BY_LAYER.get(layer, ())

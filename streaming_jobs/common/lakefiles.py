@@ -29,6 +29,7 @@ from hudi import HudiQueryType, HudiReadOptions, HudiTableBuilder
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import Settings
 
+_INSTANT_FORMAT = "%Y%m%d%H%M%S%f"  # an instant's time, as Hudi names its files
 # Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
 _INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
 # Writes begun: <instant>.commit.requested, then <instant>.inflight (1.x names); inline
@@ -106,7 +107,7 @@ def timeline(settings: Settings, table: str) -> Timeline:
             continue
         done.add(m.group(1))
         if m.group(2):
-            stamp = dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+            stamp = dt.datetime.strptime(m.group(2), _INSTANT_FORMAT).replace(tzinfo=dt.UTC)
             completed[m.group(1)] = int(stamp.timestamp() * 1000)
     pending = {m.group(1) for n in names if (m := _PENDING.search(n))} - done
     return Timeline(completed, frozenset(pending))
@@ -126,7 +127,7 @@ def last_commit(settings: Settings, table: str) -> dt.datetime | None:
     done = instants(settings, table)
     if not done:
         return None
-    return dt.datetime.strptime(done[-1], "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+    return dt.datetime.strptime(done[-1], _INSTANT_FORMAT).replace(tzinfo=dt.UTC)
 
 
 # A filter on a column: (name, "=" | "!=" | "<" | "<=" | ">" | ">=" | "IN", value as text).
@@ -183,9 +184,6 @@ def row_batches(
     is read as it is consumed, so a whole day never sits in memory at once)."""
     options = HudiReadOptions(filters=filters, projection=columns)
     yield from _hudi_table(settings, table).read_stream(options)
-
-
-_INSTANT_FORMAT = "%Y%m%d%H%M%S%f"
 
 
 def rows_since(
