@@ -51,6 +51,7 @@ from pyspark.sql import DataFrame, SparkSession, functions as F, types as T
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
 from streaming_jobs.common.columns import any_of, is_in
+from streaming_jobs.common.frames import local_frame
 from streaming_jobs.common.hudi import (
     Batch,
     HudiTable,
@@ -300,7 +301,7 @@ class GoldBatch:
                 is_in("symbol", sorted({start[0] for start in starts}))
                 & any_of([silver.opening_since(i, lo) for i, lo in sorted(since.items())])
             )
-            .join(F.broadcast(self._spark.createDataFrame(starts, schema)), ["symbol", "interval"])
+            .join(F.broadcast(local_frame(self._spark, starts, schema)), ["symbol", "interval"])
             .filter(F.unix_millis("open_time") >= F.col("lo_ms"))
         )
 
@@ -322,7 +323,7 @@ class GoldBatch:
                 bar = series.bars[open_ms]
                 closing = (bar[CLOSE], bar[FINAL], bar[UPDATED])
                 rows.append((c.symbol, c.interval, open_ms, bar[CLOSE_MS], *values, *closing))
-        frame = self._spark.createDataFrame(rows, _SUMMARY_ROWS)
+        frame = local_frame(self._spark, rows, _SUMMARY_ROWS)
         return (
             frame.select(
                 "symbol",
@@ -465,7 +466,7 @@ class GoldBatch:
         pdf = pdf.reindex(columns=[f.name for f in schema.fields]).astype(object)
         pdf = pdf.where(pd.notna(pdf), None)
         rows = [tuple(r) for r in pdf.itertuples(index=False)]
-        frame = self._spark.createDataFrame(rows, schema)
+        frame = local_frame(self._spark, rows, schema)
         return (
             frame.withColumn("as_of", F.timestamp_millis("as_of_ms"))
             .drop("as_of_ms")
@@ -645,10 +646,11 @@ def data_quality(
     without a symbol: the trade counts given (quality.DayCounts.row), silver's
     minutes and bronze's quarantine."""
     dates = sorted({d for _, d in pairs})
-    days = spark.createDataFrame(
-        [*pairs, *[(UNKNOWN_SYMBOL, d) for d in dates]], "symbol string, date date"
+    days = local_frame(
+        spark, [*pairs, *[(UNKNOWN_SYMBOL, d) for d in dates]], "symbol string, date date"
     )
-    trade_stats = spark.createDataFrame(
+    trade_stats = local_frame(
+        spark,
         [
             (s, d, *(values[f] for f in _TRADE_COUNTS.fieldNames()[2:]))
             for (s, d), values in sorted(trades.items())

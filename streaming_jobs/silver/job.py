@@ -41,6 +41,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession, Window, functions 
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common.columns import any_of, is_in
+from streaming_jobs.common.frames import local_frame
 from streaming_jobs.common.hudi import (
     Batch,
     BatchLedger,
@@ -144,6 +145,7 @@ class SilverBatch:
             minutes = _by_symbol(summary, _bar)
         finally:
             trades.unpersist()
+        summed = time.monotonic()
         latest = [r.last_ms for rs in runs.values() for r in rs]
         if latest:
             self._clock_ms = max(self._clock_ms or max(latest), max(latest))
@@ -173,6 +175,7 @@ class SilverBatch:
         if general:
             newest = df.agg(F.max("_hoodie_commit_time")).first()
             upto = str(newest[0]) if newest is not None else ""
+        updated = time.monotonic()
         written = self._write(rows, general, runs, upto)
         self._ledger.record(self._path, batch)
         if general:
@@ -181,7 +184,8 @@ class SilverBatch:
         self.lost_trades += lost
         log.info(
             "batch %d: %d symbols traded (%d by the general path), %d late trades (%d in all), "
-            "%d trade ids given up (%d in all), %d bars written, clock %s, in %.1f s",
+            "%d trade ids given up (%d in all), %d bars written, clock %s "
+            "(summed in %.1f s, state %.1f s, written %.1f s), in %.1f s",
             batch_id,
             len(minutes),
             len(general),
@@ -191,6 +195,9 @@ class SilverBatch:
             self.lost_trades,
             written,
             self._clock_ms,
+            summed - started,
+            updated - summed,
+            time.monotonic() - updated,
             time.monotonic() - started,
         )
 
@@ -215,8 +222,8 @@ class SilverBatch:
         parts = []
         if rows:
             parts.append(
-                self._spark.createDataFrame(
-                    [tuple(r[c] for c in series.ROW_COLUMNS) for r in rows], _ROWS
+                local_frame(
+                    self._spark, [tuple(r[c] for c in series.ROW_COLUMNS) for r in rows], _ROWS
                 )
             )
         if general:
@@ -350,8 +357,8 @@ class SilverBatch:
             reads.append((symbol, -1 if after is None else after, upto, min(pending)))
         if not reads or not table_exists(self._spark, self._source_path):
             return
-        bounds = self._spark.createDataFrame(
-            reads, "symbol string, after_id long, upto_id long, from_ms long"
+        bounds = local_frame(
+            self._spark, reads, "symbol string, after_id long, upto_id long, from_ms long"
         )
         earliest = min(r[3] for r in reads)
         source = read_table(self._spark, self._source_path).filter(
@@ -413,7 +420,7 @@ class SilverBatch:
         bucket, which the roll-ups re-aggregate) to the end of the series.
         """
         if stored is None:
-            return self._spark.createDataFrame([], _ROWS)
+            return local_frame(self._spark, [], _ROWS)
         first_of = {}
         for symbol, (lo, _) in touched.items():
             state = self._live.get(symbol)
