@@ -7,13 +7,19 @@ adds a row (signals included: their key is the bar and the signal type).
 Layout: the per-bar tables as silver's bars (interval and period, never the
 symbol; streaming_jobs/silver/tables.py), correlations and risk by window,
 data quality by day. Every gold row can change (a correction recomputes
-it): upserts, by the write path silver's bars take.
+it): upserts. The per-bar tables, written with every batch, take the write
+path of silver's bars (merge-on-read, bucket index); the others are written
+once a minute or less, partitioned by window or day alone, and stay
+copy-on-write with bloom filters: a bucket there would be one ever-growing
+file group per window for compaction to rewrite.
 """
 
 from __future__ import annotations
 
-from streaming_jobs.common.hudi import HudiTable
+from streaming_jobs.common.hudi import HudiTable, WritePath
 from streaming_jobs.silver.tables import BARS, PARTITION as BAR_PARTITION
+
+MINUTELY = WritePath(operation="upsert", index="BLOOM")
 
 MARKET_SUMMARY = HudiTable(
     "gold_market_summary",
@@ -27,9 +33,9 @@ CORRELATION = HudiTable(
     ("symbol_a", "symbol_b", "window", "as_of"),
     "updated_ms",
     ("window",),
-    BARS,
+    MINUTELY,
 )
-RISK = HudiTable("gold_risk", ("subject", "window", "as_of"), "updated_ms", ("window",), BARS)
+RISK = HudiTable("gold_risk", ("subject", "window", "as_of"), "updated_ms", ("window",), MINUTELY)
 SIGNALS = HudiTable(
     "gold_signals",
     ("symbol", "interval", "open_time", "signal"),
@@ -37,5 +43,5 @@ SIGNALS = HudiTable(
     BAR_PARTITION,
     BARS,
 )
-DATA_QUALITY = HudiTable("gold_data_quality", ("symbol", "day"), "updated_ms", ("day",), BARS)
+DATA_QUALITY = HudiTable("gold_data_quality", ("symbol", "day"), "updated_ms", ("day",), MINUTELY)
 ALL = (MARKET_SUMMARY, CORRELATION, RISK, SIGNALS, DATA_QUALITY)

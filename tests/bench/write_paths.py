@@ -162,6 +162,8 @@ def configurations(shape: str) -> dict[str, dict[str, str]]:
         if shape in shapes:
             out[name] = {**coarse, **change}
     out["chosen"] = chosen(shape)
+    # The chosen path with its commit's own jobs sized for two cores (one factor on it).
+    out["chosen_parallelism_2"] = {**out["chosen"], **_PARALLELISM}
     return out
 
 
