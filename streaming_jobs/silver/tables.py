@@ -33,10 +33,10 @@ _PY_FORMATS = {"yyyy-MM-dd": "%Y-%m-%d", "yyyy-MM": "%Y-%m", "yyyy": "%Y"}
 # bucket index (make bench-write, docs/BENCHMARKS.md "Hudi write paths", `bars`):
 # a commit appends the changed rows to a log file of the key's bucket instead of
 # looking each key up in the bloom filters of the period's files and rewriting
-# the files that hold them (copy-on-write): 0.93 s a commit against 1.29 s, at 2
-# and 200 symbols, idle, local[2]. Every COMPACT_EVERY commits the logs are
-# merged into the buckets' base files (inline: about 1 s more on that commit), so
-# a reader merges a few log blocks at most. Readers: Spark's snapshot read, and
+# the files that hold them (copy-on-write): a median 0.93 s (2 symbols) and 1.00 s
+# (200) a commit against 1.34 s and 1.33 s, idle, local[2]. Every COMPACT_EVERY
+# commits the logs are merged into the buckets' base files (inline: that commit
+# takes about 3 s), so a reader merges a few log blocks at most. Readers: Spark's snapshot read, and
 # hudi-rs (common/lakefiles) merging the log files (tests/integration/test_operate).
 # BUCKETS per (interval, period): one file group each, a key's fixed by its hash.
 BUCKETS = 4
