@@ -30,16 +30,22 @@ _PY_FORMATS = {"yyyy-MM-dd": "%Y-%m-%d", "yyyy-MM": "%Y-%m", "yyyy": "%Y"}
 
 # Bars change (a bar's trades keep coming until it is final; a late trade corrects
 # it): upserts, every few seconds, of a few rows per symbol. Merge-on-read with a
-# bucket index (make bench-write, docs/BENCHMARKS.md "Hudi write paths", `bars`):
-# a commit appends the changed rows to a log file of the key's bucket instead of
-# looking each key up in the bloom filters of the period's files and rewriting
-# the files that hold them (copy-on-write): a median 0.93 s (2 symbols) and 1.00 s
-# (200) a commit against 1.34 s and 1.33 s, idle, local[2]. Every COMPACT_EVERY
-# commits the logs are merged into the buckets' base files (inline: that commit
-# takes about 3 s), so a reader merges a few log blocks at most. Readers: Spark's snapshot read, and
-# hudi-rs (common/lakefiles) merging the log files (tests/integration/test_operate).
-# BUCKETS per (interval, period): one file group each, a key's fixed by its hash.
-BUCKETS = 4
+# bucket index: a commit appends the changed rows to the log of the key's bucket
+# instead of looking each key up in the bloom filters of the period's files and
+# rewriting the files that hold them (copy-on-write). Every COMPACT_EVERY commits
+# the logs are merged into the base files (inline), so a reader merges a few log
+# blocks at most. Readers: Spark's snapshot read, and hudi-rs (common/lakefiles)
+# merging the logs (tests/integration/test_operate.py).
+# Measured (docs/BENCHMARKS.md): idle, one commit (make bench-write, `bars`, 4
+# buckets) 0.93-1.00 s against 1.33-1.34 s copy-on-write with bloom filters, about
+# 3 s a compacting one. Live at 1k trades/s on 2 cores (make bench-live), 4 buckets
+# lost: each commit wrote a task per bucket and partition (24) and each compaction
+# 132, and silver's batch p50 went from 3.3 s (copy-on-write) to 6.0 s, gold's from
+# 4.7 to 10.8, trade -> gold p99 from 46.6 to 55.4 s. One bucket per (interval,
+# period): silver 3.1 s, gold 4.5 s, trade -> gold p99 37.1 s. Every batch touches
+# every symbol, so more buckets rewrite the same bytes at compaction, in more
+# tasks; whether a bucket per core pays at 2,000 symbols is not measured yet.
+BUCKETS = 1
 COMPACT_EVERY = 5
 BARS = WritePath(
     operation="upsert",
