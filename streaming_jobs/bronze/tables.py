@@ -32,7 +32,7 @@ lastUpdateId are different things and would collide under one key.
 
 from __future__ import annotations
 
-from streaming_jobs.common.hudi import HudiTable, WritePath
+from streaming_jobs.common.hudi import UPSERT_BLOOM, HudiTable, WritePath
 
 PARTITION = ("date",)
 # Clustering every 30 commits packs that many small files into one, sorted; files under
@@ -52,8 +52,6 @@ def immutable(sequence: str) -> WritePath:
     )
 
 
-MUTABLE = WritePath(operation="upsert", index="BLOOM")
-
 TRADES = HudiTable(
     "bronze_trades", ("symbol", "trade_id"), "recv_ns", PARTITION, immutable("trade_id")
 )
@@ -65,7 +63,7 @@ AGG_TRADES = HudiTable(
     immutable("agg_trade_id"),
 )
 KLINES = HudiTable(
-    "bronze_klines", ("symbol", "interval", "open_time"), "push_version", PARTITION, MUTABLE
+    "bronze_klines", ("symbol", "interval", "open_time"), "push_version", PARTITION, UPSERT_BLOOM
 )
 TICKERS = HudiTable(
     "bronze_tickers", ("symbol", "event_time"), "recv_ns", PARTITION, immutable("event_time")

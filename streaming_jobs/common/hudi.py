@@ -122,6 +122,11 @@ class WritePath:
         return out
 
 
+# Rows that change, each key looked up in the bloom filters of the files of the
+# partitions a commit touches, and those files rewritten (copy-on-write).
+UPSERT_BLOOM = WritePath(operation="upsert", index="BLOOM")
+
+
 # Sized for clusters by default (finalize 200, markers 100, clean 200): a task per
 # unit on 2 cores is overhead. 0 for the shuffles means "the input's partitions".
 _PARALLELISM_KEYS = (

@@ -16,10 +16,8 @@ file group per window for compaction to rewrite.
 
 from __future__ import annotations
 
-from streaming_jobs.common.hudi import HudiTable, WritePath
+from streaming_jobs.common.hudi import UPSERT_BLOOM, HudiTable
 from streaming_jobs.silver.tables import BARS, PARTITION as BAR_PARTITION
-
-MINUTELY = WritePath(operation="upsert", index="BLOOM")
 
 MARKET_SUMMARY = HudiTable(
     "gold_market_summary",
@@ -33,9 +31,11 @@ CORRELATION = HudiTable(
     ("symbol_a", "symbol_b", "window", "as_of"),
     "updated_ms",
     ("window",),
-    MINUTELY,
+    UPSERT_BLOOM,
 )
-RISK = HudiTable("gold_risk", ("subject", "window", "as_of"), "updated_ms", ("window",), MINUTELY)
+RISK = HudiTable(
+    "gold_risk", ("subject", "window", "as_of"), "updated_ms", ("window",), UPSERT_BLOOM
+)
 SIGNALS = HudiTable(
     "gold_signals",
     ("symbol", "interval", "open_time", "signal"),
@@ -43,5 +43,7 @@ SIGNALS = HudiTable(
     BAR_PARTITION,
     BARS,
 )
-DATA_QUALITY = HudiTable("gold_data_quality", ("symbol", "day"), "updated_ms", ("day",), MINUTELY)
+DATA_QUALITY = HudiTable(
+    "gold_data_quality", ("symbol", "day"), "updated_ms", ("day",), UPSERT_BLOOM
+)
 ALL = (MARKET_SUMMARY, CORRELATION, RISK, SIGNALS, DATA_QUALITY)
