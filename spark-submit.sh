@@ -61,10 +61,15 @@ make --no-print-directory -s -C "$ROOT" pyfiles >&2 || { echo "spark-submit: bui
 mapfile -t conf_args < <("$PY" -m streaming_jobs.common.spark "$layer")
 [[ ${#conf_args[@]} -gt 0 ]] || exit 1
 
+# The parallel collector, not G1: a driver's heap here is small and mostly
+# short-lived batch data, and G1's concurrent marking and write barriers kept
+# a tenth of a core busy in each driver with nothing to collect concurrently.
+# make bench-cpu, the demo at real speed: the stack 1.19 -> 1.04 cores, its
+# peak RSS 8,425 -> 6,400 MB (docs/BENCHMARKS.md).
 submit=("$ROOT/.venv/bin/spark-submit"
   --master "${SPARK_MASTER:-local[2]}"
   --properties-file "$ROOT/conf/spark-defaults.conf"
-  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
+  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties -XX:+UseParallelGC"
   --py-files "$ROOT/.build/streaming_jobs.zip"
   --conf "spark.local.dir=$scratch"
   "${conf_args[@]}"
