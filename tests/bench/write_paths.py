@@ -451,24 +451,26 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "## Hudi write paths: seconds per commit, one factor at a time",
         "",
-        f"{report['date']}, {report['machine']}; command: `{report['command']}`. Median (max) "
-        f"seconds per commit over the {report['commits'] - WARM} commits after {WARM} warm-up "
-        f"commits, each run in a fresh JVM, local[2]; a run over {report['cap_s']:.0f} s is "
-        '"> cap". Rows per commit: '
+        "Median (max) seconds per commit over the commits after the warm-up ones, each run "
+        'in a fresh JVM, local[2]; a run over its cap is "> cap". Rows per commit: '
         + ", ".join(f"{n:,} at {s:,} symbols" for s, n in ROWS.items())
         + " (trades); every symbol's bar of six intervals (bars).",
         "",
     ]
-    for shape, variants in report["results"].items():
-        counts = report["symbols"]
+    for shape, run in shapes_of(report).items():
+        variants = run["results"]
+        counts = run["symbols"]
         lines += [
             f"{shape}: " + SHAPE_NOTES[shape],
+            "",
+            f"{run['date']}, {run['machine']}; command: `{run['command']}`; "
+            f"{run['commits'] - WARM} commits counted after {WARM}, cap {run['cap_s']:.0f} s.",
             "",
             "| variant | " + " | ".join(f"{n:,} symbols" for n in counts) + " | files at the end |",
             "|---|" + "---|" * (len(counts) + 1),
         ]
         for variant, runs in variants.items():
-            cells = [render_cell(runs.get(str(n)), report["cap_s"]) for n in counts]
+            cells = [render_cell(runs.get(str(n)), run["cap_s"]) for n in counts]
             last = runs.get(str(counts[-1])) or {}
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {last.get('files', '-')} |")
         lines += [
@@ -531,18 +533,40 @@ def main(argv: list[str]) -> int:
                 shape, variant, symbol_counts, args.commits, args.cap_s
             )
     command = "python -m tests.bench.write_paths " + " ".join(argv)
-    report = {
+    run = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command.strip(),
         "machine": f"{os.cpu_count()} cores, {memory_gb():.1f} GB",
         "symbols": symbol_counts,
         "commits": args.commits,
         "cap_s": args.cap_s,
-        "results": results,
-        "options": {shape: configurations(shape) for shape in results},
     }
-    publish_results("write_paths", report)
+    shapes = {
+        shape: {**run, "results": variants, "options": configurations(shape)}
+        for shape, variants in results.items()
+    }
+    # A run of some shapes keeps the others' last figures, each with its own date and command.
+    publish_results("write_paths", {"shapes": {**published_shapes(), **shapes}})
     return 0
+
+
+def published_shapes() -> dict[str, dict[str, Any]]:
+    """The shapes of the last published report, each a run of its own."""
+    from tests.bench.results import results_dir
+
+    path = results_dir() / "bench" / "write_paths.json"
+    return shapes_of(json.loads(path.read_text())) if path.exists() else {}
+
+
+def shapes_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """shape -> its run; reports before December 6, 2026 held one run of every shape."""
+    if "shapes" in report:
+        return dict(report["shapes"])
+    run = {k: v for k, v in report.items() if k not in ("results", "options")}
+    return {
+        shape: {**run, "results": variants, "options": report["options"][shape]}
+        for shape, variants in report["results"].items()
+    }
 
 
 if __name__ == "__main__":
