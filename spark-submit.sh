@@ -63,9 +63,9 @@ mapfile -t conf_args < <("$PY" -m streaming_jobs.common.spark "$layer")
 
 # The parallel collector, not G1: a driver's heap here is small and mostly
 # short-lived batch data, and G1's concurrent marking and write barriers kept
-# a tenth of a core busy in each driver with nothing to collect concurrently.
-# make bench-cpu, the demo at real speed: the stack 1.19 -> 1.04 cores, its
-# peak RSS 8,425 -> 6,400 MB (docs/BENCHMARKS.md).
+# up to 0.07 cores of a driver busy (silver's GC threads, make bench-cpu) with
+# nothing to collect concurrently. The demo at real speed (make bench-cpu):
+# the stack 1.19 -> 1.04 cores, its peak RSS 8,425 -> 6,400 MB.
 submit=("$ROOT/.venv/bin/spark-submit"
   --master "${SPARK_MASTER:-local[2]}"
   --properties-file "$ROOT/conf/spark-defaults.conf"
