@@ -457,7 +457,7 @@ def render(report: dict[str, Any]) -> str:
         + " (trades); every symbol's bar of six intervals (bars).",
         "",
     ]
-    for shape, run in shapes_of(report).items():
+    for shape, run in report["shapes"].items():
         variants = run["results"]
         counts = run["symbols"]
         lines += [
@@ -520,7 +520,7 @@ def main(argv: list[str]) -> int:
         child(shape, variant, symbol_counts, args.commits)
         return 0
     from tests.bench.producer_bench import memory_gb
-    from tests.bench.results import publish_results
+    from tests.bench.results import publish_results, results_dir
 
     only = set(filter(None, args.only.split(",")))
     results: dict[str, dict[str, Any]] = {}
@@ -546,27 +546,10 @@ def main(argv: list[str]) -> int:
         for shape, variants in results.items()
     }
     # A run of some shapes keeps the others' last figures, each with its own date and command.
-    publish_results("write_paths", {"shapes": {**published_shapes(), **shapes}})
+    published = results_dir() / "bench" / "write_paths.json"
+    kept = json.loads(published.read_text()).get("shapes", {}) if published.exists() else {}
+    publish_results("write_paths", {"shapes": {**kept, **shapes}})
     return 0
-
-
-def published_shapes() -> dict[str, dict[str, Any]]:
-    """The shapes of the last published report, each a run of its own."""
-    from tests.bench.results import results_dir
-
-    path = results_dir() / "bench" / "write_paths.json"
-    return shapes_of(json.loads(path.read_text())) if path.exists() else {}
-
-
-def shapes_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """shape -> its run; reports before December 6, 2026 held one run of every shape."""
-    if "shapes" in report:
-        return dict(report["shapes"])
-    run = {k: v for k, v in report.items() if k not in ("results", "options")}
-    return {
-        shape: {**run, "results": variants, "options": report["options"][shape]}
-        for shape, variants in report["results"].items()
-    }
 
 
 if __name__ == "__main__":
