@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pyspark.sql import Column, DataFrame, functions as F, types as T
 
 from streaming_jobs.common import schemas
-from streaming_jobs.common.columns import Projection, built_once
+from streaming_jobs.common.columns import Projection, batch_clock, built_once
 
 # An exchange time further than this from the producer's receive time is not
 # plausible for a live frame (backfilled rows are exempt: fetched later).
@@ -96,7 +96,7 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
                 / 1_000_000
             ).alias("recv_exchange_ms"),
             F.coalesce(_header("backfill") == "1", F.lit(False)).alias("backfill"),
-            F.current_timestamp().alias("ingest_time"),
+            batch_clock().alias("ingest_time"),
             _header("reason").alias("producer_reason"),
             envelope["stream"].alias("stream"),
             envelope["data"].isNotNull().alias("_has_data"),

@@ -48,6 +48,21 @@ _built: dict[int, dict[Hashable, Any]] = {}
 _lock = threading.Lock()
 
 
+def batch_clock() -> Column:
+    """current_timestamp(): the time the batch's query was planned, one value for
+    all its rows, kept out of the Java code Spark generates for the batch.
+
+    Spark turns current_timestamp() into a literal of the batch's time and writes
+    it into the code it generates, so every batch compiled its projection again
+    (Janino, then the JIT's compilers on the new class): bronze's trade lane
+    compiled one class per batch, about 40 a minute during `make demo` (the
+    CodeGenerator logger at debug). An array literal reaches generated code as
+    a reference instead, and the identity transform keeps the optimizer from
+    folding it back into an inlined value: one class serves every batch.
+    """
+    return F.expr("element_at(transform(array(current_timestamp()), t -> t), 1)")
+
+
 def once(key: Hashable, build: Callable[[], T]) -> T:
     """`build()` the first time `key` is asked for, kept for the life of the JVM.
 

@@ -50,7 +50,7 @@ from pyspark.sql import DataFrame, SparkSession, functions as F, types as T
 
 from streaming_jobs.bronze import tables as bronze
 from streaming_jobs.common import lakefiles
-from streaming_jobs.common.columns import any_of, is_in
+from streaming_jobs.common.columns import any_of, batch_clock, is_in, once
 from streaming_jobs.common.frames import local_frame
 from streaming_jobs.common.hudi import (
     Batch,
@@ -714,8 +714,9 @@ def data_quality(
 
 
 def _stamped(df: DataFrame) -> DataFrame:
-    now = F.current_timestamp()
-    return df.withColumn("updated_at", now).withColumn("updated_ms", F.unix_millis(now))
+    return df.withColumn("updated_at", once(("gold", "clock"), batch_clock)).withColumn(
+        "updated_ms", F.unix_millis("updated_at")
+    )
 
 
 _CORRELATION_SCHEMA = T.StructType(

@@ -171,6 +171,21 @@ def test_a_replayed_capture_is_judged_on_the_exchange_clock(spark: Any) -> None:
     assert row.reason == "implausible_time"
 
 
+def test_each_batch_stamps_its_own_time_with_the_code_of_the_first(spark: Any) -> None:
+    """ingest_time is one value per batch, a later batch's later; and the later batch
+    compiles no code (the batch's time written into generated Java made Spark compile
+    the envelope again every batch)."""
+    codegen = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics
+    rows = [kafka_row("trade", TRADE, offset=i) for i in range(3)]
+    df = spark.createDataFrame(rows, KAFKA_SCHEMA).transform(tf.with_envelope(TOPICS))
+    first = {r.ingest_time for r in df.select("ingest_time").collect()}
+    compiled = codegen.METRIC_COMPILATION_TIME().getCount()
+    second = {r.ingest_time for r in df.select("ingest_time").collect()}
+    assert codegen.METRIC_COMPILATION_TIME().getCount() == compiled
+    assert len(first) == len(second) == 1
+    assert min(second) > max(first)
+
+
 def test_agg_trade(spark: Any) -> None:
     (row,) = parse(spark, "aggTrade", AGG_TRADE, recv_ns=1617647603490000000)
     assert row.reason is None
