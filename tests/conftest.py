@@ -58,6 +58,8 @@ def write_test_conf(conf_dir: Path, shift: int = PORT_SHIFT, for_tests: bool = T
         # Bronze's bulk streams on a shorter trigger: runs that wait for bronze
         # to catch up end sooner.
         streaming["bronze"]["trigger"] = "5 seconds"
+        # Silver's too (the shipped one trades freshness for CPU): runs that wait for bars.
+        streaming["silver"]["trigger"] = "5 seconds"
         # And gold's data quality: runs that wait for it to catch up too.
         streaming["gold"]["quality_trigger"] = "10 seconds"
     for layer in ("bronze", "silver", "gold"):
