@@ -84,13 +84,21 @@ class Lane:
     trigger: str
     min_records: int = 0
     max_delay_ms: int = 0
+    # Tables committed at once within a batch (see BronzeBatch._write).
+    commit_threads: int = UPSERT_THREADS
 
 
 def lanes(settings: Settings) -> list[Lane]:
     bronze = settings.pipeline.streaming.bronze
     queries = settings.bronze_queries()
     fast = frozenset(bronze.fast_lane)
-    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger)]
+    # Beside a fast lane, the bulk lane commits its tables one at a time: at 1k
+    # frames/s its tables side by side took both cores for seconds after each
+    # trigger, and the fast lane's batches in those seconds took 2.7-5.0 s
+    # instead of 1.0-1.7 s (make bench-bronze's log), the trades' p99. One at a
+    # time: 2.0-4.6 s (one run each; the spread between runs is as large).
+    bulk_threads = 1 if fast else UPSERT_THREADS
+    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger, 0, 0, bulk_threads)]
     if fast:
         out.append(
             Lane(
@@ -317,7 +325,7 @@ class BronzeBatch:
                 writes.append(Write(tables.QUARANTINE, rejected, {}))
             # A commit is partly driver-side waiting (timeline, listing, small
             # jobs): the tables are written side by side.
-            with ThreadPoolExecutor(max_workers=UPSERT_THREADS) as pool:
+            with ThreadPoolExecutor(max_workers=self._lane.commit_threads) as pool:
                 list(pool.map(lambda w: self._commit(w, batch), writes))
         finally:
             for rows in parsed.values():
