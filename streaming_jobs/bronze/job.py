@@ -324,7 +324,7 @@ class BronzeBatch:
                 )
                 writes.append(Write(tables.QUARANTINE, rejected, {}))
             # A commit is partly driver-side waiting (timeline, listing, small
-            # jobs): the tables are written side by side.
+            # jobs): the tables are written side by side, up to the lane's threads.
             with ThreadPoolExecutor(max_workers=self._lane.commit_threads) as pool:
                 list(pool.map(lambda w: self._commit(w, batch), writes))
         finally:
