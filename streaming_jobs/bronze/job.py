@@ -97,8 +97,10 @@ def lanes(settings: Settings) -> list[Lane]:
     # trigger, and the fast lane's batches in those seconds took 2.7-5.0 s
     # instead of 1.0-1.7 s (make bench-bronze's log), the trades' p99. One at a
     # time: 2.0-4.6 s (one run each; the spread between runs is as large).
-    bulk_threads = 1 if fast else UPSERT_THREADS
-    out = [Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger, 0, 0, bulk_threads)]
+    threads = 1 if fast else UPSERT_THREADS
+    out = [
+        Lane("bronze", queries["bronze"], _WRITTEN - fast, bronze.trigger, commit_threads=threads)
+    ]
     if fast:
         out.append(
             Lane(
