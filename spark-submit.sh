@@ -76,7 +76,9 @@ submit=("$ROOT/.venv/bin/spark-submit"
   "$ROOT/streaming_jobs/launch.py" "$layer")
 
 if [[ $layer != sql ]]; then
-  exec "${submit[@]}" "$@"
+  # The layer's CPU priority (streaming.<layer>.nice); nice execs, keeping the pid.
+  nice_var="NICE_${layer^^}"
+  exec nice -n "${!nice_var:-0}" "${submit[@]}" "$@"
 fi
 # spark-submit merges the Python driver's stderr into its stdout, so the
 # query writes its CSV to a file and everything else goes to stderr.

@@ -253,9 +253,14 @@ class LayerSettings:
     watermark: str | None = None
     # Bounds a micro-batch (a burst or a backlog after downtime); None: no bound.
     max_offsets_per_trigger: int | None = None
+    # The driver's CPU priority on its machine (nice, 0-19): a layer that may lag
+    # yields the cores to those a bar's freshness waits on (./spark-submit.sh).
+    nice: int = 0
 
     def __post_init__(self) -> None:
         _check_duration(self.trigger, "trigger")
+        if not 0 <= self.nice <= 19:
+            raise ValueError("nice must be 0 (the default priority) to 19 (the lowest)")
         if self.max_offsets_per_trigger is not None and self.max_offsets_per_trigger < 1:
             raise ValueError("max_offsets_per_trigger must be at least 1")
         if self.watermark is not None:
@@ -786,6 +791,7 @@ def shell_exports(settings: Settings, environ: Mapping[str, str] | None = None) 
         "SCRAPE_INTERVAL": s.scrape_interval,
         "SPARK_UI_PORTS": " ".join(str(settings.layer(name).ui_port) for name in LAYERS),
         "METRICS_PORTS": " ".join(str(settings.layer(name).metrics_port) for name in LAYERS),
+        **{f"NICE_{name.upper()}": settings.layer(name).nice for name in LAYERS},
         "RESTART_BACKOFF": s.restart_backoff,
         "CLUSTER_MASTER_PORT": s.spark_master_port,
         "CLUSTER_MASTER_UI_PORT": s.spark_master_ui_port,

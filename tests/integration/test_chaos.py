@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from streaming_jobs.common.settings import LAYERS
 from tests.chaos import invariants
 from tests.chaos.run import ALL_FAULTS, Plan, run
 from tests.chaos.stack import Stack, Tuning, write_conf
@@ -24,6 +25,13 @@ SEED = 8
 
 def log(line: str) -> None:
     print(f"{dt.datetime.now(dt.UTC):%H:%M:%S} {line}", flush=True)
+
+
+def _nice(pid: int | None) -> int | None:
+    """A process's nice value (the 19th field of /proc/<pid>/stat, after the name)."""
+    if pid is None:
+        return None
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def test_one_round_of_every_fault_loses_and_duplicates_nothing(
@@ -37,8 +45,12 @@ def test_one_round_of_every_fault_loses_and_duplicates_nothing(
     plan = Plan(seed=SEED, rounds=1, speed="1", settle_s=900)
     try:
         result = run(stack, "chaos", plan, CAPTURES, root, log)
+        # Each driver, restarted ones too, runs at its layer's CPU priority.
+        priorities = {layer: _nice(stack.child(layer)) for layer in LAYERS}
     finally:
         stack.stop()
+    assert priorities == {layer: stack.settings.layer(layer).nice for layer in LAYERS}
+    assert priorities["gold"] > 0, "the shipped conf lets gold yield to bronze and silver"
     assert sorted(i.fault for i in result.injections) == sorted(ALL_FAULTS)
     failed = [f"{i.fault}: {i.problem}" for i in result.injections if i.problem]
     assert not failed, "\n".join(failed)

@@ -107,6 +107,10 @@ def test_shipped_config_loads() -> None:
             lambda d: d["streaming"]["bronze"].update(fast_min_records=-1),
             "pipeline.yaml: streaming.bronze: fast_min_records must not be negative",
         ),
+        (
+            lambda d: d["streaming"]["gold"].update(nice=-5),
+            "pipeline.yaml: streaming.gold: nice must be 0 (the default priority) to 19",
+        ),
         (lambda d: d.pop("streaming"), "pipeline.yaml: streaming: missing required key"),
         (
             lambda d: d["streaming"]["silver"].update(ui_port=4040),
