@@ -274,6 +274,9 @@ class SymbolState:
     sequence: Sequence = field(default_factory=Sequence)
     # Rows written and not final yet, per (interval, open_ms): rewritten when they ripen.
     pending: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    # Rows written final whose bar is still its interval's open one: the clock made it
+    # final at a quiet symbol's live edge, and the minute that closes it notes it again.
+    written_final: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     @staticmethod
     def new(symbol: str, intervals: list[tuple[str, int]]) -> SymbolState:
@@ -356,10 +359,20 @@ class SymbolState:
         out = []
         for key, row in list(self.pending.items()):
             final = horizon is not None and row["open_ms"] + steps[key[0]] - 1 < horizon
+            if final and self.written_final.get(key) == row:
+                # Final and written as it is: the minute that closed it noted it again.
+                del self.pending[key]
+                continue
             if key in changed or final:
                 out.append({**row, "is_final": final})
             if final:
                 del self.pending[key]
+                self.written_final[key] = row
+        self.written_final = {
+            key: row
+            for key, row in self.written_final.items()
+            if (current := self.series[key[0]].current) is not None and key[1] >= current.open_ms
+        }
         return out
 
 

@@ -86,13 +86,19 @@ def id_runs(batch: list[Trade]) -> list[Run]:
 
 
 def live_table(state: SymbolState, batches: list[list[Trade]], clock: Any = None) -> pd.DataFrame:
+    """The last row of each key; no key is written final twice (nothing comes late here)."""
     table: dict[tuple[str, int], dict[str, Any]] = {}
+    finals: set[tuple[str, int]] = set()
     for batch in batches:
         now = clock(batch) if clock else None
         rows = state.update(minute_aggregates(batch), id_runs(batch), now, 2_000, 600_000)
         assert rows is not None
         for row in rows:
-            table[(row["interval"], row["open_ms"])] = row
+            key = (row["interval"], row["open_ms"])
+            assert key not in finals, f"{key} written again after it was final"
+            table[key] = row
+            if row["is_final"]:
+                finals.add(key)
     frame = pd.DataFrame(list(table.values()))
     return frame.sort_values(["interval", "open_ms"], ignore_index=True)
 
@@ -124,14 +130,19 @@ def cuts(count: int, batches: int, seed: int) -> list[int]:
     return sorted(rng.sample(range(1, count), batches - 1))
 
 
-@pytest.mark.parametrize("batches,seed", [(1, 0), (40, 1), (700, 2)])
+@pytest.mark.parametrize(
+    "batches,seed,clocked", [(1, 0, False), (40, 1, False), (700, 2, False), (700, 3, True)]
+)
 def test_batches_of_trades_give_the_one_pass_series(
-    trades: list[Trade], batches: int, seed: int
+    trades: list[Trade], batches: int, seed: int, clocked: bool
 ) -> None:
+    """`clocked`: the exchange clock (other symbols' trades) is just short of the symbol's
+    next trade at each batch, so quiet minutes are final, and filled, before it comes."""
     bounds = [0, *cuts(len(trades), batches, seed), len(trades)]
     split = [trades[a:b] for a, b in itertools.pairwise(bounds)]
+    ahead = {id(batch): after[0][5] - 1 for batch, after in itertools.pairwise(split)}
     state = SymbolState.new("XRPETH", INTERVALS)
-    live = live_table(state, split)
+    live = live_table(state, split, (lambda batch: ahead.get(id(batch))) if clocked else None)
     expected = one_pass(trades)
     assert len(live) == len(expected)
     assert comparable(live) == comparable(expected)
@@ -187,3 +198,29 @@ def test_a_minute_before_the_open_one_is_left_to_the_general_path(trades: list[T
     before = (state.series["1m"].current, state.series["1d"].index)
     assert state.update(minute_aggregates(trades[:10]), id_runs(trades[:10]), None, 0, 1) is None
     assert (state.series["1m"].current, state.series["1d"].index) == before
+
+
+def test_a_bar_final_by_the_clock_is_written_once(trades: list[Trade]) -> None:
+    """A quiet symbol's minute, final once the clock passes it, is not written again when
+    the symbol's next trade closes it (a rewrite would make it look final only then)."""
+    head = trades[:200]
+    last_ms = head[-1][5]
+    start = last_ms - last_ms % MINUTE_MS
+    later = [t for t in trades[200:] if t[5] >= start + MINUTE_MS]
+    # The next trade comes in a later minute, right after the last one's id.
+    nxt = [t for t in trades[200:] if t[5] < start + MINUTE_MS]
+    state = SymbolState.new("XRPETH", INTERVALS)
+    assert state.update(minute_aggregates(head + nxt), id_runs(head + nxt), None, 2_000, 600_000)
+    ticked = state.update([], [], start + MINUTE_MS + 3_000, 2_000, 600_000)
+    assert ticked is not None
+    assert [(r["open_ms"], r["is_final"]) for r in ticked if r["interval"] == "1m"] == [
+        (start, True)
+    ]
+    closed = state.update(
+        minute_aggregates(later[:1]), id_runs(later[:1]), later[0][5], 2_000, 600_000
+    )
+    assert closed is not None
+    assert start not in {r["open_ms"] for r in closed if r["interval"] == "1m"}
+    assert [r["open_ms"] for r in closed if r["interval"] == "1m"] == [
+        later[0][5] - later[0][5] % MINUTE_MS
+    ]
