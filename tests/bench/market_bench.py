@@ -635,7 +635,11 @@ def render(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Silver freshness (a minute's end -> its final 1m bar visible) and memory:",
+        "Silver freshness (a minute's end -> its final 1m bar visible) and memory. A "
+        "minute's bars of all symbols turn final in the same silver batch or the one "
+        "before (the exchange clock passes the minute for all of them at once), so the "
+        "minutes are the independent samples (final 1m bars = minutes x symbols): the p99 "
+        "is about the slowest minute's age.",
         "",
         "| phase | final 1m bars | not final | p50 s | p99 s | max s | peak RSS of the stack MB |",
         "|---|---|---|---|---|---|---|",

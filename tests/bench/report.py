@@ -61,6 +61,13 @@ def load(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _minutes_by_symbols(fresh: dict[str, Any]) -> str:
+    """The bars counted as minutes x symbols: a minute's bars of all symbols turn final
+    in one silver batch or two, so the minutes are the independent samples."""
+    bars, symbols = fresh.get("bars", 0), fresh.get("symbols", 0)
+    return f": {bars // symbols:,} minutes x {symbols:,} symbols" if bars and symbols else ""
+
+
 def goals(runs: dict[str, dict[str, Any]]) -> str:
     """The goals table: each goal, what its latest run measured, and whether it holds."""
     rows: list[tuple[str, str, str, bool | None, str]] = []
@@ -124,7 +131,8 @@ def goals(runs: dict[str, dict[str, Any]]) -> str:
         add(
             f"{market['symbols']:,} symbols (trade + kline_1m) at the delivered base rate",
             "every stage keeps up; final-bar p99 <= 60 s; stack < 8 GB",
-            f"keeps up: {'all' if kept else 'not all'}; p99 {p99} s (n {age.get('n', '-')}); "
+            f"keeps up: {'all' if kept else 'not all'}; p99 {p99} s (n {age.get('n', '-')}"
+            f"{_minutes_by_symbols(fresh)}); "
             f"{peak:,} MB",
             met,
             "market",
