@@ -206,9 +206,9 @@ def test_a_bar_final_by_the_clock_is_written_once(trades: list[Trade]) -> None:
     head = trades[:200]
     last_ms = head[-1][5]
     start = last_ms - last_ms % MINUTE_MS
-    later = [t for t in trades[200:] if t[5] >= start + MINUTE_MS]
-    # The next trade comes in a later minute, right after the last one's id.
+    # The rest of that minute's trades, then the symbol's next ones, in later minutes.
     nxt = [t for t in trades[200:] if t[5] < start + MINUTE_MS]
+    later = [t for t in trades[200:] if t[5] >= start + MINUTE_MS]
     state = SymbolState.new("XRPETH", INTERVALS)
     assert state.update(minute_aggregates(head + nxt), id_runs(head + nxt), None, 2_000, 600_000)
     ticked = state.update([], [], start + MINUTE_MS + 3_000, 2_000, 600_000)
