@@ -296,7 +296,7 @@ class SymbolState:
         minutes = sorted(minutes, key=lambda b: b.open_ms)
         if minutes and m1.current is not None and minutes[0].open_ms < m1.current.open_ms:
             return None
-        changed: dict[tuple[str, int], dict[str, Any]] = {}
+        changed: dict[tuple[str, int], dict[str, Any] | None] = {}
         for minute in minutes:
             self._take(minute, changed)
         self.sequence.add(runs)
@@ -309,9 +309,9 @@ class SymbolState:
             while edge + MINUTE_MS - 1 < horizon:
                 self._take(Bar.filled(edge, m1.current.close), changed)
                 edge += MINUTE_MS
-        return self._finish(changed, horizon)
+        return self._finish(self._settle(changed), horizon)
 
-    def _take(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any]]) -> None:
+    def _take(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any] | None]) -> None:
         """One minute's bar (new trades of a minute, or a filled minute) into every series."""
         m1 = self.series["1m"]
         if m1.current is not None and minute.open_ms == m1.current.open_ms:
@@ -327,7 +327,7 @@ class SymbolState:
                 self._open(Bar.filled(gap, close), changed)
         self._open(minute, changed)
 
-    def _open(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any]]) -> None:
+    def _open(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any] | None]) -> None:
         """A minute after the open 1m bar: it opens a bar, or joins its interval's open one."""
         for name, series in self.series.items():
             start = minute.open_ms - minute.open_ms % series.step
@@ -335,21 +335,46 @@ class SymbolState:
                 series.current = series.current.merged(minute)
             else:
                 if series.current is not None:
-                    self._note(name, series, changed)  # its final values
+                    self._note(name, series, changed, closing=True)  # its final values
                 series.advance(minute.at(start))
             self._note(name, series, changed)
 
     def _note(
-        self, name: str, series: Series, changed: dict[tuple[str, int], dict[str, Any]]
+        self,
+        name: str,
+        series: Series,
+        changed: dict[tuple[str, int], dict[str, Any] | None],
+        closing: bool = False,
     ) -> None:
+        """The series' open bar changed. Its row is made when it closes, or at the batch's
+        end (_settle): a backfill notes a day's bar once a minute, 1,440 times, and its
+        indicators are one row's work."""
+        assert series.current is not None
+        changed[(name, series.current.open_ms)] = self._row(name, series) if closing else None
+
+    def _row(self, name: str, series: Series) -> dict[str, Any]:
         assert series.current is not None
         bar = series.current
-        changed[(name, bar.open_ms)] = {
+        return {
             "symbol": self.symbol,
             **{f: getattr(bar, f) for f in _BAR_FIELDS},
             "interval": name,
             **series.values(),
         }
+
+    def _settle(
+        self, changed: dict[tuple[str, int], dict[str, Any] | None]
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Every noted bar's row: an open bar's as it stands (a bar that closed since it
+        was noted was noted again as it closed, under the same key)."""
+        out = {}
+        for (name, open_ms), row in changed.items():
+            if row is None:
+                series = self.series[name]
+                assert series.current is not None and series.current.open_ms == open_ms
+                row = self._row(name, series)
+            out[(name, open_ms)] = row
+        return out
 
     def _finish(
         self, changed: dict[tuple[str, int], dict[str, Any]], horizon: int | None

@@ -47,12 +47,18 @@ _PY_FORMATS = {"yyyy-MM-dd": "%Y-%m-%d", "yyyy-MM": "%Y-%m", "yyyy": "%Y"}
 # tasks; whether a bucket per core pays at 2,000 symbols is not measured yet.
 BUCKETS = 1
 COMPACT_EVERY = 5
+# A batch writes one row per key (the live path's rows are keyed by bar, the general
+# path's series have one bar per step), so Hudi's merge of a key's copies is skipped:
+# its shuffle sizes every record's Java object graph, Avro schema and all (a JFR
+# profile of make bench-silver's commit: most of its executor time), about a quarter
+# of the backfill's one commit.
 BARS = WritePath(
     operation="upsert",
     table_type="MERGE_ON_READ",
     index="BUCKET",
     buckets=BUCKETS,
     compact_every=COMPACT_EVERY,
+    combine=False,
 )
 
 OHLCV = HudiTable(

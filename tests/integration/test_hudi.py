@@ -24,8 +24,12 @@ from pyspark.sql import functions as F, types as T
 from producer.topics import admin_client
 from streaming_jobs.common.hudi import (
     HudiTable,
+    WritePath,
     clear_cut_short_creation,
+    read_stream,
     read_table,
+    stream_batch,
+    stream_range,
     upsert_batch,
     write_batch,
 )
@@ -204,3 +208,73 @@ def test_a_creation_cut_short_is_cleared_and_the_table_made_afresh(
     assert [(r.symbol, r.trade_id) for r in read_table(spark, path).collect()] == [("BTCUSDT", 1)]
     assert not clear_cut_short_creation(spark, path), "a table with a commit is never cleared"
     assert read_table(spark, path).count() == 1
+
+
+@pytest.mark.parametrize("profile", ["local", "minio"])
+def test_a_stream_batch_is_the_rows_hudis_stream_gives(
+    services: Settings, spark: Any, profile: str
+) -> None:
+    """Silver reads a batch's bronze rows straight from the files of its commits
+    (hudi.stream_batch): exactly the rows Hudi's own stream source gives the batch,
+    across batches of several commits, one of them a clustering that rewrote them."""
+    settings = load_settings(environ={**os.environ, "STORAGE": profile})
+    name = f"stream_batch_{profile}_{uuid.uuid4().hex[:8]}"
+    path, checkpoint = settings.table_path(name), settings.checkpoint_path(name)
+    immutable = WritePath(
+        operation="bulk_insert",
+        files_per_commit=1,
+        small_file_mb=0,
+        cluster_every=3,
+        cluster_small_file_mb=8,
+        sort_by=("symbol", "trade_id"),
+    )
+    table = HudiTable(name, ("symbol", "trade_id"), "version", ("day",), immutable)
+    batches: list[tuple[list[tuple[str, int]], list[tuple[str, int]] | None]] = []
+
+    def commit(first: int, count: int, day: str = "2024-08-08") -> None:
+        rows = [
+            (symbol, i, Decimal(f"{i}.5"), 1, day)
+            for i in range(first, first + count)
+            for symbol in ("BTCUSDT", "ETHUSDT")
+        ]
+        write_batch(spark.createDataFrame(rows, PROOF_SCHEMA), table, path)
+
+    def keys(df: Any) -> list[tuple[str, int]]:
+        return sorted((r.symbol, r.trade_id) for r in df.select("symbol", "trade_id").collect())
+
+    def each(df: Any, batch_id: int) -> None:
+        span = stream_range(spark, checkpoint, batch_id)
+        assert span is not None, f"batch {batch_id}: no offsets read from {checkpoint}"
+        mine = stream_batch(spark, path, span, ("symbol", "trade_id", "price"))
+        batches.append((keys(df), None if mine is None else keys(mine)))
+
+    def drain() -> None:
+        query = (
+            read_stream(spark, path)
+            .writeStream.foreachBatch(each)
+            .option("checkpointLocation", checkpoint)
+            .trigger(availableNow=True)
+            .start()
+        )
+        query.awaitTermination()
+        assert query.exception() is None
+
+    commit(0, 5)
+    commit(5, 5, day="2024-08-09")
+    drain()
+    for first in (10, 15, 20, 25):  # the third commit of the table clusters it
+        commit(first, 5)
+    drain()
+    actions = {s.getPath().getName().rsplit(".", 1)[-1] for s in _timeline(spark, path)}
+    assert "replacecommit" in actions, actions
+    assert len(batches) == 2
+    for theirs, mine in batches:
+        assert mine is not None, "read from the commits' files, not the stream's"
+        assert mine == theirs
+    assert [len(theirs) for theirs, _ in batches] == [20, 40]
+
+
+def _timeline(spark: Any, path: str) -> list[Any]:
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(path + "/.hoodie/timeline")
+    return list(root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).listStatus(root))
