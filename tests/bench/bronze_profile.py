@@ -1,0 +1,203 @@
+"""Where a bronze batch's time goes: one lane's BronzeBatch on static batches, piece by piece.
+
+    python -m tests.bench.bronze_profile [--lane bronze|bronze_fast] [--batches 4]
+
+A profile, not a benchmark (nothing is written to docs/bench): it explains
+bench-bronze's throughput figure. The records are bench-bronze's backlog (the
+real BTCUSDT + ETHUSDT capture, looped; for the bulk lane 88% book tickers,
+12% diff depth), built as Kafka rows in memory (no broker), `--records` a
+batch as in bench-bronze, one SparkSession local[2], nothing else running.
+
+1. Each batch through the lane's BronzeBatch (the counting job, which parses
+   and fills the caches, and the Hudi commits timed apart), then the same
+   records written as Parquet: the bench's peer without Kafka.
+2. Then on one batch, each piece alone into Spark's noop sink (median of 5):
+   the raw records, the envelope, each route's parse, a route's cache, the
+   count over the cached routes.
+3. The driver JVM's CPU over the batches (/proc), against their wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from producer.replay.captures import merge_captures
+from streaming_jobs.bronze import job as bronze
+from streaming_jobs.bronze.transform import with_envelope
+from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
+from tests.bench.bronze_bench import looped_frames, session
+from tests.bench.producer_bench import CAPTURES
+from tests.conftest import write_test_conf
+
+STATE = PROJECT_ROOT / ".state" / "bench-bronze-profile"
+KAFKA_ROWS = (
+    "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, "
+    "timestampType int, headers array<struct<key:string,value:binary>>"
+)
+
+
+def kafka_rows(settings: Settings, reads: tuple[str, ...], count: int) -> list[tuple[Any, ...]]:
+    """`count` records of the lane's topics, as the Kafka source gives them."""
+    topics = {kind: spec.name for kind, spec in settings.pipeline.kafka.topics.items()}
+    capture = merge_captures(CAPTURES).frames
+    share = sum(stream_kind(f.stream.split("@", 1)[1]) in reads for f in capture) / len(capture)
+    now = time.time_ns()
+    rows: list[tuple[Any, ...]] = []
+    for frame in looped_frames(int(count / share) + len(capture)):
+        kind = stream_kind(frame.stream.split("@", 1)[1])
+        if kind not in reads:
+            continue
+        headers = [
+            ("recv_ns", str(now).encode()),
+            ("stream", frame.stream.encode()),
+            ("backfill", b"0"),
+            ("clock_offset_ns", str(frame.recv_ns - now).encode()),
+        ]
+        symbol = frame.stream.split("@", 1)[0].upper().encode()
+        rows.append(
+            (symbol, frame.raw, topics[kind], 0, len(rows), dt.datetime(2024, 8, 9), 0, headers)
+        )
+        if len(rows) == count:
+            break
+    return rows
+
+
+class Timed:
+    """Seconds spent in wrapped functions, by name, since the last `take`."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - started
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out, self.spent = self.spent, {}
+        return out
+
+
+def cpu_seconds(spark: SparkSession) -> float:
+    pid = spark.sparkContext._gateway.proc.pid  # type: ignore[union-attr]
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batches(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
+    timed = Timed()
+    # The counting job is the batch's collect (and the sequence guards' first read of a
+    # date, in the first batch); the commits are write_batch.
+    DataFrame.collect = timed.wrap("count", DataFrame.collect)  # type: ignore[method-assign]
+    bronze.write_batch = timed.wrap("commits", bronze.write_batch)  # type: ignore[attr-defined]
+    rows = kafka_rows(settings, lane.reads, args.records * args.batches)
+    call = bronze.BronzeBatch(settings, lane)
+    wall = cpu = 0.0
+    print("batch | bronze s | of it: count job, commits | same records as Parquet s", flush=True)
+    for n in range(args.batches):
+        part = rows[n * args.records : (n + 1) * args.records]
+        df = spark.createDataFrame(part, KAFKA_ROWS).repartition(3).cache()
+        df.count()
+        started, cpu_started = time.perf_counter(), cpu_seconds(spark)
+        call(df, n)
+        took = time.perf_counter() - started
+        if n > 0:  # the first batch creates the tables and warms the JVM
+            wall += took
+            cpu += cpu_seconds(spark) - cpu_started
+        spent = timed.take()
+        started = time.perf_counter()
+        df.write.mode("append").parquet(str(STATE / "parquet"))
+        parquet = time.perf_counter() - started
+        print(
+            f"{n} | {took:.2f} | {spent.get('count', 0):.2f}, {spent.get('commits', 0):.2f} | "
+            f"{parquet:.2f}",
+            flush=True,
+        )
+        df.unpersist()
+    if wall:
+        print(f"driver JVM after the first batch: {cpu / wall:.2f} cores over {wall:.1f} s")
+
+
+def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
+    rows = kafka_rows(settings, lane.reads, args.records)
+    df = spark.createDataFrame(rows, KAFKA_ROWS).repartition(3).cache()
+    df.count()
+    topics = settings.pipeline.kafka.topics
+    envelope = with_envelope({spec.name: kind for kind, spec in topics.items()})
+
+    def noop(frame: DataFrame) -> Callable[[], None]:
+        return lambda: frame.write.format("noop").mode("overwrite").save()
+
+    def median(run: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    routes = [r for r in bronze.ROUTES if r.topic in lane.reads]
+    print(f"\none batch of {len(rows):,} records, each piece alone (noop sink, median of 5):")
+    print(f"raw records: {median(noop(df)):.3f} s")
+    envelope_s = median(noop(df.transform(envelope)))
+    print(f"envelope (lineage, stream, symbol, first reason): {envelope_s:.3f} s")
+    # Nothing is cached yet, so each route's parse runs on the raw records.
+    for route in routes:
+        only = df.transform(envelope).transform(route.only)
+        rows_of = only.count()
+        if rows_of:
+            parse_s = median(noop(only.transform(route.parse)))
+            print(f"envelope + {route.kind} parse ({rows_of:,} rows): {parse_s:.3f} s")
+    enveloped = df.transform(envelope).persist()
+    enveloped.count()
+    parsed = {}
+    for route in routes:
+        started = time.perf_counter()
+        parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
+        if parsed[route].count():
+            took = time.perf_counter() - started
+            print(f"{route.kind} parse + cache, from the cached envelope: {took:.3f} s (once)")
+    keys, aggregates = bronze._tally_columns()
+    outcomes = bronze._union([bronze._outcome(p, r) for r, p in parsed.items()])
+    count_s = median(lambda: outcomes.groupBy(*keys).agg(*aggregates).collect())
+    print(f"the count over the cached routes: {count_s:.3f} s")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bronze_profile")
+    parser.add_argument("--lane", choices=("bronze", "bronze_fast"), default="bronze")
+    parser.add_argument("--batches", type=int, default=4, help="batches (the first is warm-up)")
+    parser.add_argument("--records", type=int, default=50_000, help="records a batch")
+    args = parser.parse_args(argv)
+    shutil.rmtree(STATE, ignore_errors=True)
+    write_test_conf(STATE / "conf", for_tests=False)
+    settings = load_settings(STATE / "conf", {**os.environ, "STATE_DIR": str(STATE)})
+    spark = session(settings)
+    spark.sparkContext.setLogLevel("ERROR")
+    lane = next(lane for lane in bronze.lanes(settings) if lane.query == args.lane)
+    try:
+        batches(spark, settings, lane, args)
+        pieces(spark, settings, lane, args)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
