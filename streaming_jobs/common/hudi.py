@@ -512,7 +512,9 @@ def stream_batch(
 
     The stream's own rows come from Hudi's incremental relation, which reads every
     column of every row (14 for bronze_trades) through Parquet's row-by-row reader:
-    3.5 s of a 7.1 s job in a backfill of 3 million trades (make bench-silver).
+    in make bench-silver's backfill the job over them took about twice as long as
+    over these. Each call costs the commits' metadata, a footer and a check per file:
+    at a trickle (make bench-cpu) that fixed cost is most of a batch.
     """
     jvm = spark.sparkContext._jvm
     assert jvm is not None

@@ -219,7 +219,7 @@ class SilverBatch:
 
     def _new_rows(self, df: DataFrame, batch_id: int) -> DataFrame:
         """The batch's bronze rows, read straight from the files of its commits where that
-        is exact (hudi.stream_batch: a third of the rows' cost), else the stream's own."""
+        is exact (hudi.stream_batch), else the stream's own."""
         span = stream_range(self._spark, self._checkpoint, batch_id)
         rows = None
         if span is not None:
