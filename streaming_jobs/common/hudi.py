@@ -519,13 +519,14 @@ def stream_batch(
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     meta = meta_client(spark, path)
-    if span.start.strip("0") == "" and not meta.getArchivedTimeline().empty():
+    from_first = span.start.strip("0") == ""  # the source's initial offset
+    if from_first and not meta.getArchivedTimeline().empty():
         log.info("%s: a stream from its first commit, some archived: the stream's rows", path)
         return None
     timeline = meta.getActiveTimeline().getCommitsTimeline().filterCompletedInstants()
     instants = list(timeline.getInstants())
     first = min((str(i.getCompletionTime()) for i in instants), default=None)
-    if span.start.strip("0") and (first is None or first > span.start):
+    if not from_first and (first is None or first > span.start):
         log.info("%s: commits after %s may be archived: the stream's rows", path, span.start)
         return None
     commit_times: list[str] = []

@@ -48,6 +48,9 @@ MINUTE_MS = 60_000
 # Sums of decimal(38, s) values need at most 39 digits; trap anything inexact.
 _EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation])
 _ZERO = Decimal(0)
+# A batch's noted bars by (interval, open_ms): the row, or None while the bar is open
+# (made at the batch's end, SymbolState._settle).
+_Noted = dict[tuple[str, int], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,7 @@ class SymbolState:
         minutes = sorted(minutes, key=lambda b: b.open_ms)
         if minutes and m1.current is not None and minutes[0].open_ms < m1.current.open_ms:
             return None
-        changed: dict[tuple[str, int], dict[str, Any] | None] = {}
+        changed: _Noted = {}
         for minute in minutes:
             self._take(minute, changed)
         self.sequence.add(runs)
@@ -311,7 +314,7 @@ class SymbolState:
                 edge += MINUTE_MS
         return self._finish(self._settle(changed), horizon)
 
-    def _take(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any] | None]) -> None:
+    def _take(self, minute: Bar, changed: _Noted) -> None:
         """One minute's bar (new trades of a minute, or a filled minute) into every series."""
         m1 = self.series["1m"]
         if m1.current is not None and minute.open_ms == m1.current.open_ms:
@@ -327,7 +330,7 @@ class SymbolState:
                 self._open(Bar.filled(gap, close), changed)
         self._open(minute, changed)
 
-    def _open(self, minute: Bar, changed: dict[tuple[str, int], dict[str, Any] | None]) -> None:
+    def _open(self, minute: Bar, changed: _Noted) -> None:
         """A minute after the open 1m bar: it opens a bar, or joins its interval's open one."""
         for name, series in self.series.items():
             start = minute.open_ms - minute.open_ms % series.step
@@ -343,7 +346,7 @@ class SymbolState:
         self,
         name: str,
         series: Series,
-        changed: dict[tuple[str, int], dict[str, Any] | None],
+        changed: _Noted,
         closing: bool = False,
     ) -> None:
         """The series' open bar changed. Its row is made when it closes, or at the batch's
@@ -362,9 +365,7 @@ class SymbolState:
             **series.values(),
         }
 
-    def _settle(
-        self, changed: dict[tuple[str, int], dict[str, Any] | None]
-    ) -> dict[tuple[str, int], dict[str, Any]]:
+    def _settle(self, changed: _Noted) -> dict[tuple[str, int], dict[str, Any]]:
         """Every noted bar's row: an open bar's as it stands (a bar that closed since it
         was noted was noted again as it closed, under the same key)."""
         out = {}

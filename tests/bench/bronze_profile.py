@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from streaming_jobs.bronze.transform import with_envelope
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from tests.bench.bronze_bench import looped_frames, session
 from tests.bench.producer_bench import CAPTURES
+from tests.bench.results import median_time
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-bronze-profile"
@@ -144,25 +144,17 @@ def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any
     def noop(frame: DataFrame) -> Callable[[], None]:
         return lambda: frame.write.format("noop").mode("overwrite").save()
 
-    def median(run: Callable[[], Any]) -> float:
-        times = []
-        for _ in range(5):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
     routes = [r for r in bronze.ROUTES if r.topic in lane.reads]
     print(f"\none batch of {len(rows):,} records, each piece alone (noop sink, median of 5):")
-    print(f"raw records: {median(noop(df)):.3f} s")
-    envelope_s = median(noop(df.transform(envelope)))
+    print(f"raw records: {median_time(noop(df), runs=5):.3f} s")
+    envelope_s = median_time(noop(df.transform(envelope)), runs=5)
     print(f"envelope (lineage, stream, symbol, first reason): {envelope_s:.3f} s")
     # Nothing is cached yet, so each route's parse runs on the raw records.
     for route in routes:
         only = df.transform(envelope).transform(route.only)
         rows_of = only.count()
         if rows_of:
-            parse_s = median(noop(only.transform(route.parse)))
+            parse_s = median_time(noop(only.transform(route.parse)), runs=5)
             print(f"envelope + {route.kind} parse ({rows_of:,} rows): {parse_s:.3f} s")
     enveloped = df.transform(envelope).persist()
     enveloped.count()
@@ -175,7 +167,11 @@ def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any
             print(f"{route.kind} parse + cache, from the cached envelope: {took:.3f} s (once)")
     keys, aggregates = bronze._tally_columns()
     outcomes = bronze._union([bronze._outcome(p, r) for r, p in parsed.items()])
-    count_s = median(lambda: outcomes.groupBy(*keys).agg(*aggregates).collect())
+
+    def count() -> None:
+        outcomes.groupBy(*keys).agg(*aggregates).collect()
+
+    count_s = median_time(count, runs=5)
     print(f"the count over the cached routes: {count_s:.3f} s")
 
 
