@@ -36,6 +36,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 from streaming_jobs.bronze import tables, transform as tf
 from streaming_jobs.bronze.guard import Bounds, SequenceGuard, sequence_value
 from streaming_jobs.common.columns import once
+from streaming_jobs.common.frames import held, release
 from streaming_jobs.common.hudi import (
     Batch,
     BatchLedger,
@@ -278,11 +279,11 @@ class BronzeBatch:
         if self._ledger is None:
             self._ledger = BatchLedger(spark)
         batch = current_batch(spark, self._lane.query, batch_id)
-        enveloped = df.transform(self._envelope).persist()
+        enveloped = held(df.transform(self._envelope))
         try:
             counts = self._write(enveloped, batch)
         finally:
-            enveloped.unpersist()
+            release(enveloped)
         log.info(
             "%s batch %d: %s in %.1f s",
             self._lane.query,
@@ -306,10 +307,10 @@ class BronzeBatch:
         # less than a job to ask which are there).
         for route in ROUTES:
             if route.topic in self._lane.reads or not self._lane.reads:
-                parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
+                parsed[route] = held(enveloped.transform(route.only).transform(route.parse))
                 outcomes.append(_outcome(parsed[route], route))
         try:
-            # One job parses every route (filling the caches) and counts the outcomes, per
+            # One job parses every route (filling what is held) and counts the outcomes, per
             # route, date and symbol with the bounds of their sequences.
             keys, aggregates = once(("bronze", "tally"), _tally_columns)
             tally = Tally(_union(outcomes).groupBy(*keys).agg(*aggregates).collect())
@@ -331,7 +332,7 @@ class BronzeBatch:
                 list(pool.map(lambda w: self._commit(w, batch), writes))
         finally:
             for rows in parsed.values():
-                rows.unpersist()
+                release(rows)
         counts.update(
             (route.table.name, tally.good(route.kind))
             for route in parsed

@@ -2,12 +2,13 @@
 
 Pure DataFrame -> DataFrame functions, no I/O:
 - `with_envelope` decodes a Kafka record (value, headers) into lineage
-  columns, the combined-stream envelope's `stream`, the symbol from the
-  stream name and a first reason (not UTF-8, not JSON, a stream that does
-  not belong on its topic);
-- `parse_<kind>` parses the `data` object of one stream type's frames into
-  typed columns and a `reason` (null when the row is good) from the
-  validation rules.
+  columns, the stream it was published as (the producer's header), the
+  symbol from the stream name and a first reason (not UTF-8, a topic
+  bronze does not know);
+- `parse_<kind>` parses one stream type's frames, each once and whole
+  (`_Frame`), into typed columns and a `reason` (null when the row is
+  good) from the validation rules: an envelope that is not JSON or names
+  another stream, then the payload's.
 
 Conversions are checked before they happen: decimals must match
 `^[0-9]+(\\.[0-9]{1,8})?$` (Binance sends at most 8 decimals, so the cast
@@ -18,11 +19,12 @@ have 16 digits (the archive's format since 2025).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, functions as F, types as T
 
 from streaming_jobs.common import schemas
-from streaming_jobs.common.columns import Projection, batch_clock, built_once
+from streaming_jobs.common.columns import Projection, any_of, batch_clock, built_once
 
 # An exchange time further than this from the producer's receive time is not
 # plausible for a live frame (backfilled rows are exempt: fetched later).
@@ -50,8 +52,9 @@ ENVELOPE_COLUMNS = (
     "reason",
 )
 # The envelope's stream, and whether it has a `data` object: an empty struct makes
-# the parser skip the object's content instead of copying it out as text. Each
-# route parses its frames once, whole (`_payload`).
+# the parser skip the object's content instead of copying it out as text. Only
+# for records without the producer's stream header (or on a topic bronze does not
+# know): each route parses its frames once, whole (`_Frame`).
 ENVELOPE = T.StructType(
     [T.StructField("stream", T.StringType()), T.StructField("data", T.StructType([]))]
 )
@@ -60,16 +63,28 @@ ENVELOPE = T.StructType(
 def _header(name: str) -> Column:
     """The first value of the record's header `name`, as text (null if absent).
 
-    As SQL text: a Python lambda costs a round of signature inspection and
-    JVM calls each time a batch builds it.
+    By position in the headers' keys: generated code, where a lambda over the
+    headers (`filter`) is interpreted row by row. As SQL text: a Python lambda
+    costs a round of signature inspection and JVM calls each time a batch
+    builds it.
     """
     if not name.isidentifier():
         raise ValueError(f"not a header name: {name!r}")
-    return F.expr(f"element_at(filter(headers, h -> h.key = '{name}'), 1).value").cast("string")
+    at = f"array_position(headers.key, '{name}')"
+    return F.expr(f"CASE WHEN {at} > 0 THEN element_at(headers.value, CAST({at} AS INT)) END").cast(
+        "string"
+    )
 
 
 def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataFrame]:
-    """Kafka rows -> lineage, stream, symbol, data (JSON text), kind and a first reason."""
+    """Kafka rows -> lineage, stream, symbol, kind and a first reason.
+
+    The stream is the producer's `stream` header: a record is routed without
+    parsing its JSON, which its route's parser reads once, whole, and checks
+    against that stream (`_Frame`). A record without the header (written by
+    another tool) has its envelope parsed here for the stream, as does one
+    on a topic bronze does not know, to tell not_json from unknown_topic.
+    """
 
     def build() -> Projection:
         kinds = F.create_map(*[F.lit(x) for pair in topic_kinds.items() for x in pair])
@@ -81,6 +96,7 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
             _header("recv_ns").cast("long"), F.unix_micros("timestamp") * F.lit(1000)
         )
         kind = kinds[F.col("topic")]
+        stream = F.coalesce(_header("stream"), envelope["stream"])
         columns = [
             kind.alias("kind"),
             F.col("value").alias("raw"),
@@ -98,23 +114,18 @@ def with_envelope(topic_kinds: Mapping[str, str]) -> Callable[[DataFrame], DataF
             F.coalesce(_header("backfill") == "1", F.lit(False)).alias("backfill"),
             batch_clock().alias("ingest_time"),
             _header("reason").alias("producer_reason"),
-            envelope["stream"].alias("stream"),
-            envelope["data"].isNotNull().alias("_has_data"),
-            F.upper(F.substring_index(envelope["stream"], "@", 1)).alias("symbol"),
+            stream.alias("stream"),
+            F.upper(F.substring_index(stream, "@", 1)).alias("symbol"),
             (F.encode(text, "UTF-8") == F.col("value")).alias("_utf8"),
-            _stream_pattern(kind).alias("_stream_pattern"),
         ]
+        # An envelope that is not JSON has neither field.
+        not_json = envelope["data"].isNull() | envelope["stream"].isNull()
         reason = (
             F.when(F.col("kind") == "quarantine", F.coalesce("producer_reason", F.lit("producer")))
             .when(~F.col("_utf8"), "not_utf8")
-            # An envelope that is not JSON has neither field.
-            .when(~F.col("_has_data") | F.col("stream").isNull(), "not_json")
-            .when(F.col("kind").isNull(), "unknown_topic")
-            .when(~F.expr("stream RLIKE _stream_pattern"), "unknown_stream")
+            .when(F.col("kind").isNull(), F.when(not_json, "not_json").otherwise("unknown_topic"))
         )
-        return Projection(
-            columns, {"reason": reason}, drop=("_utf8", "_has_data", "_stream_pattern")
-        )
+        return Projection(columns, {"reason": reason}, drop=("_utf8",))
 
     return built_once(build)
 
@@ -133,16 +144,42 @@ _STREAM_PATTERNS = {
 }
 
 
-def _stream_pattern(kind: Column) -> Column:
-    """The pattern a record's stream must match on its topic (never matches if unknown)."""
-    patterns = F.create_map(*[F.lit(x) for pair in _STREAM_PATTERNS.items() for x in pair])
-    return F.coalesce(patterns[kind], F.lit("^$"))
+@dataclass(frozen=True)
+class _Frame:
+    """A route's frames, each parsed once, whole, with its stream type's schema.
 
+    `topic`: the stream type of the route's topic (diff depth: depth), whose
+    stream names the frames may carry.
+    """
 
-def _payload(schema: T.StructType) -> Column:
-    """The frame's `data` object, parsed with a stream type's schema."""
-    frame = T.StructType([T.StructField("data", schema)])
-    return F.from_json(F.decode("raw", "UTF-8"), frame)["data"]
+    topic: str
+    schema: T.StructType
+
+    def parsed(self) -> Column:
+        frame = T.StructType(
+            [T.StructField("stream", T.StringType()), T.StructField("data", self.schema)]
+        )
+        return F.from_json(F.decode("raw", "UTF-8"), frame)
+
+    @property
+    def data(self) -> Column:
+        return self.parsed()["data"]
+
+    def columns(self) -> list[Column]:
+        return [
+            self.parsed()["stream"].alias("_frame_stream"),
+            self.data.isNull().alias("_no_data"),
+        ]
+
+    def rules(self) -> list[tuple[Column, str]]:
+        """Its envelope: JSON with a stream and a data object, the stream the record
+        was routed by (the producer's header), one its topic may carry."""
+        return [
+            # A frame that is not JSON has neither field.
+            (F.col("_no_data") | F.col("_frame_stream").isNull(), "not_json"),
+            (F.col("_frame_stream") != F.col("stream"), "stream_mismatch"),
+            (~F.col("stream").rlike(_STREAM_PATTERNS[self.topic]), "unknown_stream"),
+        ]
 
 
 def decimal(text: Column) -> Column:
@@ -164,13 +201,28 @@ def exchange_time(text: Column) -> Column:
 
 
 def levels(text_levels: Column) -> Column:
-    """[[price, qty], ...] as text -> array<struct<price, qty>> (null if any level is bad)."""
-    typed = F.transform(
+    """[[price, qty], ...] as text -> array<struct<price, qty>>; a bad value is a null
+    (`bad_levels` finds it)."""
+    return F.transform(
         text_levels,
         lambda level: F.struct(decimal(level[0]).alias("price"), decimal(level[1]).alias("qty")),
     )
-    bad = F.exists(typed, lambda lv: lv["price"].isNull() | lv["qty"].isNull())
-    return F.when(~bad, typed)
+
+
+def bad_levels(*sides: str) -> Column:
+    """Whether a side's levels (columns of `levels`) are missing or one is not a decimal.
+
+    A rule on the typed columns, never part of them: the typed levels are
+    built once (a lambda over every level is interpreted, not generated
+    code), where a column that checked itself would build them twice.
+    """
+    return any_of(
+        [
+            F.col(side).isNull()
+            | F.exists(side, lambda lv: lv["price"].isNull() | lv["qty"].isNull())
+            for side in sides
+        ]
+    )
 
 
 def _first_reason(*rules: tuple[Column, str]) -> Column:
@@ -200,18 +252,26 @@ def _price_rules(
 
 
 def _checked(
-    columns: list[Column], rules: list[tuple[Column, str]], date: Column, **more: Column
+    frame: _Frame,
+    columns: list[Column],
+    rules: list[tuple[Column, str]],
+    date: Column,
+    **more: Column,
 ) -> Projection:
-    """The parsed `columns`, then the reason (the envelope's, else the first rule that
-    fails), `more` and the date."""
+    """The frame's and the parsed `columns`, then the reason (the envelope's, else the
+    first rule that fails: the frame's, the symbol's, then `rules`), `more` and the date."""
     symbol_ok = F.col("payload_symbol").isNull() | (F.col("payload_symbol") == F.col("symbol"))
-    reason = F.coalesce(F.col("reason"), _first_reason((~symbol_ok, "symbol_mismatch"), *rules))
-    return Projection(columns, {"reason": reason, **more, "date": date})
+    reason = F.coalesce(
+        F.col("reason"),
+        _first_reason(*frame.rules(), (~symbol_ok, "symbol_mismatch"), *rules),
+    )
+    return Projection([*frame.columns(), *columns], {"reason": reason, **more, "date": date})
 
 
 @built_once
 def parse_trades() -> Projection:
-    d = _payload(schemas.TRADE)
+    frame = _Frame("trade", schemas.TRADE)
+    d = frame.data
     columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["t"]).alias("trade_id"),
@@ -233,12 +293,13 @@ def parse_trades() -> Projection:
         (F.col("trade_time").isNull(), "missing_trade_time"),
         (~_plausible(F.col("trade_time")), "implausible_time"),
     ]
-    return _checked(columns, rules, F.to_date("trade_time"))
+    return _checked(frame, columns, rules, F.to_date("trade_time"))
 
 
 @built_once
 def parse_agg_trades() -> Projection:
-    d = _payload(schemas.AGG_TRADE)
+    frame = _Frame("aggTrade", schemas.AGG_TRADE)
+    d = frame.data
     columns = [
         d["s"].alias("payload_symbol"),
         long_id(d["a"]).alias("agg_trade_id"),
@@ -261,12 +322,13 @@ def parse_agg_trades() -> Projection:
         (F.col("trade_time").isNull(), "missing_trade_time"),
         (~_plausible(F.col("trade_time")), "implausible_time"),
     ]
-    return _checked(columns, rules, F.to_date("trade_time"))
+    return _checked(frame, columns, rules, F.to_date("trade_time"))
 
 
 @built_once
 def parse_klines() -> Projection:
-    d = _payload(schemas.KLINE)
+    frame = _Frame("kline", schemas.KLINE)
+    d = frame.data
     k = d["k"]
     prices = ["o", "h", "l", "c"]
     volumes = ["v", "q", "V", "Q"]
@@ -306,12 +368,13 @@ def parse_klines() -> Projection:
     rules.append((~_plausible(F.col("event_time")), "implausible_time"))
     # The closed push beats every open push; among equals the later event wins.
     version = F.col("is_closed").cast("long") * F.lit(10**16) + F.unix_millis("event_time")
-    return _checked(columns, rules, F.to_date("open_time"), push_version=version)
+    return _checked(frame, columns, rules, F.to_date("open_time"), push_version=version)
 
 
 @built_once
 def parse_tickers() -> Projection:
-    d = _payload(schemas.TICKER)
+    frame = _Frame("ticker", schemas.TICKER)
+    d = frame.data
     fields = {
         "p": "price_change",
         "P": "price_change_pct",
@@ -353,13 +416,14 @@ def parse_tickers() -> Projection:
         *_price_rules("last_price", F.col("_c"), F.col("last_price"), positive=True),
         (~_plausible(F.col("event_time")), "implausible_time"),
     ]
-    return _checked(columns, rules, F.to_date("event_time"))
+    return _checked(frame, columns, rules, F.to_date("event_time"))
 
 
 @built_once
 def parse_depth() -> Projection:
     """Partial book snapshots (depth5/10/20): no symbol and no event time in the payload."""
-    d = _payload(schemas.PARTIAL_DEPTH)
+    frame = _Frame("depth", schemas.PARTIAL_DEPTH)
+    d = frame.data
     columns = [
         F.lit(None).cast("string").alias("payload_symbol"),
         long_id(d["lastUpdateId"]).alias("last_update_id"),
@@ -369,17 +433,18 @@ def parse_depth() -> Projection:
     ]
     rules = [
         (F.col("last_update_id").isNull(), "bad_update_id"),
-        (F.col("bids").isNull() | F.col("asks").isNull(), "bad_levels"),
+        (bad_levels("bids", "asks"), "bad_levels"),
     ]
     # No exchange time exists in this payload: the UTC date of receipt is the
     # only date there is.
-    return _checked(columns, rules, F.to_date("recv_time"))
+    return _checked(frame, columns, rules, F.to_date("recv_time"))
 
 
 @built_once
 def parse_depth_updates() -> Projection:
     """Diff depth (depth, depth@100ms): U..u update ids, changed levels."""
-    d = _payload(schemas.DIFF_DEPTH)
+    frame = _Frame("depth", schemas.DIFF_DEPTH)
+    d = frame.data
     columns = [
         d["s"].alias("payload_symbol"),
         exchange_time(d["E"]).alias("event_time"),
@@ -391,17 +456,18 @@ def parse_depth_updates() -> Projection:
     rules = [
         (F.col("first_update_id").isNull() | F.col("final_update_id").isNull(), "bad_update_id"),
         (F.col("final_update_id") < F.col("first_update_id"), "bad_update_id"),
-        (F.col("bids").isNull() | F.col("asks").isNull(), "bad_levels"),
+        (bad_levels("bids", "asks"), "bad_levels"),
         (F.col("event_time").isNull(), "missing_event_time"),
         (~_plausible(F.col("event_time")), "implausible_time"),
     ]
-    return _checked(columns, rules, F.to_date("event_time"))
+    return _checked(frame, columns, rules, F.to_date("event_time"))
 
 
 @built_once
 def parse_book_tickers() -> Projection:
     """Best bid/ask: no event time in the payload (date of receipt, as for partial depth)."""
-    d = _payload(schemas.BOOK_TICKER)
+    frame = _Frame("bookTicker", schemas.BOOK_TICKER)
+    d = frame.data
     names = {"b": "bid_price", "B": "bid_qty", "a": "ask_price", "A": "ask_qty"}
     columns = [
         d["s"].alias("payload_symbol"),
@@ -412,7 +478,7 @@ def parse_book_tickers() -> Projection:
     rules: list[tuple[Column, str]] = [(F.col("update_id").isNull(), "bad_update_id")]
     for c, name in names.items():
         rules += _price_rules(name, F.col(f"_{name}"), F.col(name), positive=c in "ba")
-    return _checked(columns, rules, F.to_date("recv_time"))
+    return _checked(frame, columns, rules, F.to_date("recv_time"))
 
 
 def is_diff_depth(stream: Column) -> Column:

@@ -1,4 +1,6 @@
-"""Rows held on the driver -> a DataFrame, without a Python worker behind it.
+"""Frames a batch builds: rows held on the driver -> a DataFrame without a Python
+worker behind it (`local_frame`); a frame kept for the rest of its batch
+without its plan (`held`).
 
 `spark.createDataFrame(list_of_rows)` (Spark 3.5) pickles the rows into an
 RDD that a Python worker un-pickles in every task that reads it, and a Hudi
@@ -68,3 +70,25 @@ def local_frame(
     )
     jdf = jvm.PythonSQLUtils.toDataFrame(jiter, schema.json(), spark._jsparkSession)
     return DataFrame(jdf, spark)
+
+
+def held(df: DataFrame) -> DataFrame:
+    """`df`, kept by the first job that reads it, for the jobs after it to read as rows.
+
+    A local checkpoint, filled lazily: the batch's first job (bronze's
+    count) computes it once, and each job after it (a table's commit, the
+    quarantine's) reads the kept rows through a plan of one node. A
+    persisted frame keeps its whole plan: each later job rendered bronze's
+    parser expressions for the SQL UI again and shipped them to every task
+    (JFR of bronze's count over its cached routes: plan strings and Java
+    (de)serialization of the task binaries, 3.6 times as long as from
+    checkpointed routes; tests/bench/bronze_profile.py). Free it with
+    `release` once the batch is done.
+    """
+    return df.localCheckpoint(eager=False)
+
+
+def release(df: DataFrame) -> None:
+    """Free the rows a `held` frame keeps (their blocks, in memory or on disk)."""
+    # The checkpointed frame's plan is one LogicalRDD over the kept RDD.
+    df._jdf.queryExecution().logical().rdd().unpersist(False)

@@ -57,6 +57,16 @@ PARTIAL_DEPTH = (
 )
 
 
+def published_stream(raw: bytes) -> str | None:
+    """The stream header the producer gives a frame: its envelope's stream (none for a
+    frame it cannot read)."""
+    try:
+        stream = json.loads(raw.decode())["stream"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return stream if isinstance(stream, str) else None
+
+
 def kafka_row(
     kind: str,
     value: str | bytes,
@@ -64,8 +74,12 @@ def kafka_row(
     backfill: bool = False,
     recv_ns: int = RECV_NS,
     clock_offset_ns: int = 0,
+    stream_header: bool | str = True,
 ) -> dict[str, Any]:
+    """A record as the producer publishes it; `stream_header` False: as another tool
+    might (no stream header), a text: a header naming that stream."""
     raw = value.encode() if isinstance(value, str) else value
+    stream = published_stream(raw) if stream_header is True else stream_header or None
     return {
         "key": b"BTCUSDT",
         "value": raw,
@@ -77,6 +91,7 @@ def kafka_row(
             {"key": "recv_ns", "value": str(recv_ns).encode()},
             {"key": "backfill", "value": b"1" if backfill else b"0"},
             {"key": "clock_offset_ns", "value": str(clock_offset_ns).encode()},
+            *([{"key": "stream", "value": stream.encode()}] if stream else []),
         ],
     }
 
@@ -149,9 +164,23 @@ def test_microsecond_times_and_every_decimal_digit(spark: Any) -> None:
         (TRADE.replace("btcusdt@trade", "BTCUSDT@trade"), "unknown_stream"),
     ],
 )
-def test_trade_validation_rules(spark: Any, frame: str | bytes, reason: str) -> None:
-    (row,) = parse(spark, "trade", frame)
+@pytest.mark.parametrize("stream_header", [True, False], ids=["producer", "no_header"])
+def test_trade_validation_rules(
+    spark: Any, frame: str | bytes, reason: str, stream_header: bool
+) -> None:
+    (row,) = parse(spark, "trade", frame, stream_header=stream_header)
     assert row.reason == reason
+
+
+def test_a_frame_must_be_the_stream_it_was_published_as(spark: Any) -> None:
+    """The route is chosen by the stream header; the payload has the last word."""
+    (row,) = parse(spark, "trade", TRADE, stream_header="ethusdt@trade")
+    assert row.reason == "stream_mismatch"
+    (row,) = parse(spark, "trade", TRADE, stream_header="btcusdt@trade")
+    assert row.reason is None and row.symbol == "BTCUSDT"
+    # A diff-depth frame published as partial depth goes the partial route and stops there.
+    (row,) = parse(spark, "depth", DIFF_DEPTH, stream_header="btcusdt@depth5")
+    assert row.reason == "stream_mismatch"
 
 
 def test_backfilled_rows_are_exempt_from_the_clock_check(spark: Any) -> None:

@@ -1,4 +1,5 @@
-"""Driver rows -> DataFrame without a Python worker (streaming_jobs.common.frames).
+"""Driver rows -> DataFrame without a Python worker, and frames held for a batch
+(streaming_jobs.common.frames).
 
 The oracle is Spark's own `createDataFrame` of the same rows (the pickled
 path the jobs used before): the same values come back, while the plan reads
@@ -14,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from pyspark.sql import types as T
+from pyspark.sql import functions as F, types as T
 
-from streaming_jobs.common.frames import local_frame
+from streaming_jobs.common.frames import held, local_frame, release
 
 SCHEMA = T.StructType(
     [
@@ -88,3 +89,28 @@ def test_a_decimal_finer_than_its_column_is_an_error_never_rounded(spark: Any) -
 def test_a_row_of_the_wrong_width_is_an_error(spark: Any) -> None:
     with pytest.raises(ValueError, match="7 columns"):
         local_frame(spark, [("BTCUSDT", 1)], SCHEMA)
+
+
+def _kept_blocks(spark: Any) -> int:
+    """Blocks of RDDs the executors keep (in memory or on disk)."""
+    infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
+    return sum(info.numCachedPartitions() for info in infos)
+
+
+def test_a_held_frame_is_computed_once_read_without_its_plan_and_released(spark: Any) -> None:
+    before = _kept_blocks(spark)
+    source = spark.range(1000, numPartitions=3).withColumn("x", F.col("id") * 2)
+    frame = held(source)
+    assert _kept_blocks(spark) == before  # lazy: the batch's first job fills it
+    # Each row computed once: a nondeterministic column keeps its first values.
+    tagged = held(source.withColumn("r", F.rand()))
+    first = sorted(tagged.select("id", "r").collect())
+    assert sorted(tagged.select("id", "r").collect()) == first
+    assert frame.agg(F.sum("x")).first()[0] == 999 * 1000
+    assert _kept_blocks(spark) >= before + 6
+    # Later jobs read one node, not the plan that built it.
+    plan = frame.filter("x > 10")._jdf.queryExecution().optimizedPlan().toString()
+    assert "Range" not in plan and "LogicalRDD" in plan
+    release(frame)
+    release(tagged)
+    assert _kept_blocks(spark) == before
