@@ -80,10 +80,9 @@ def held(df: DataFrame) -> DataFrame:
     quarantine's) reads the kept rows through a plan of one node. A
     persisted frame keeps its whole plan: each later job rendered bronze's
     parser expressions for the SQL UI again and shipped them to every task
-    (JFR of bronze's count over its cached routes: plan strings and Java
-    (de)serialization of the task binaries, 3.6 times as long as from
-    checkpointed routes; tests/bench/bronze_profile.py). Free it with
-    `release` once the batch is done.
+    (a JFR profile of bronze's count over its persisted routes: plan strings
+    and Java (de)serialization of the task binaries, not counting). Free it
+    with `release` once the batch is done.
     """
     return df.localCheckpoint(eager=False)
 

@@ -9,11 +9,11 @@ real BTCUSDT + ETHUSDT capture, looped; for the bulk lane 88% book tickers,
 batch as in bench-bronze, one SparkSession local[2], nothing else running.
 
 1. Each batch through the lane's BronzeBatch (the counting job, which parses
-   and fills the caches, and the Hudi commits timed apart), then the same
+   and fills the held frames, and the Hudi commits timed apart), then the same
    records written as Parquet: the bench's peer without Kafka.
 2. Then on one batch, each piece alone into Spark's noop sink (median of 5):
-   the raw records, the envelope, each route's parse, a route's cache, the
-   count over the cached routes.
+   the raw records, the envelope, each route's parse, a route's held frame
+   (as the job holds it), the count over the held routes.
 3. The driver JVM's CPU over the batches (/proc), against their wall time.
 """
 
@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from producer.replay.captures import merge_captures
 from streaming_jobs.bronze import job as bronze
 from streaming_jobs.bronze.transform import with_envelope
+from streaming_jobs.common.frames import held
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from tests.bench.bronze_bench import looped_frames, session
 from tests.bench.producer_bench import CAPTURES
@@ -156,15 +157,15 @@ def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any
         if rows_of:
             parse_s = median_time(noop(only.transform(route.parse)), runs=5)
             print(f"envelope + {route.kind} parse ({rows_of:,} rows): {parse_s:.3f} s")
-    enveloped = df.transform(envelope).persist()
+    enveloped = held(df.transform(envelope))
     enveloped.count()
     parsed = {}
     for route in routes:
         started = time.perf_counter()
-        parsed[route] = enveloped.transform(route.only).transform(route.parse).persist()
+        parsed[route] = held(enveloped.transform(route.only).transform(route.parse))
         if parsed[route].count():
             took = time.perf_counter() - started
-            print(f"{route.kind} parse + cache, from the cached envelope: {took:.3f} s (once)")
+            print(f"{route.kind} parse + hold, from the held envelope: {took:.3f} s (once)")
     keys, aggregates = bronze._tally_columns()
     outcomes = bronze._union([bronze._outcome(p, r) for r, p in parsed.items()])
 
@@ -172,7 +173,7 @@ def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any
         outcomes.groupBy(*keys).agg(*aggregates).collect()
 
     count_s = median_time(count, runs=5)
-    print(f"the count over the cached routes: {count_s:.3f} s")
+    print(f"the count over the held routes: {count_s:.3f} s")
 
 
 def main(argv: list[str]) -> int:
