@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,17 +57,36 @@ class Store:
         return bucket, key
 
     def sizes(self, uri: str) -> dict[str, int]:
-        """Every file under uri (path relative to it) with its size in bytes."""
+        """Every file under uri (path relative to it) with its size in bytes.
+
+        A lake is listed while its writers work: a file or folder removed
+        during the walk (a commit's markers under .hoodie/.temp, a cleaned
+        file) is left out, not an error.
+        """
         if self._s3 is None:
             root = Path(uri.removeprefix("file://"))
-            if not root.exists():
-                return {}
-            return {
-                str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()
-            }
+            out = {}
+            # os.walk skips a folder it can no longer open (onerror unset).
+            for folder, _subfolders, names in os.walk(root):
+                for name in names:
+                    path = Path(folder, name)
+                    try:
+                        out[str(path.relative_to(root))] = path.stat().st_size
+                    except FileNotFoundError:
+                        continue
+            return out
         bucket, prefix = self._split(uri)
         prefix = prefix.rstrip("/") + "/"
         return {k.removeprefix(prefix): n for k, n in self._s3.list_sizes(bucket, prefix).items()}
+
+    def folders_holding(self, uri: str, marker: str) -> list[str]:
+        """The folders directly under uri that hold the file `marker` (a relative path)."""
+        if self._s3 is None:
+            # One look a folder, not a listing of every file under uri.
+            root = Path(uri.removeprefix("file://"))
+            names = [p.name for p in root.iterdir()] if root.is_dir() else []
+            return sorted(n for n in names if (root / n / marker).is_file())
+        return sorted({n.split("/", 1)[0] for n in self.list(uri) if n.endswith(f"/{marker}")})
 
     def list(self, uri: str) -> list[str]:
         return list(self.sizes(uri))
@@ -242,10 +262,5 @@ def partitions(settings: Settings, table: str) -> list[str]:
 def tables(settings: Settings) -> list[str]:
     """The tables Hudi has created: a .hoodie without hoodie.properties is a creation
     under way or cut short (common/hudi.clear_cut_short_creation), not yet a table."""
-    store = Store(settings)
-    names = {
-        n.split("/", 1)[0]
-        for n in store.list(settings.table_path("").rstrip("/"))
-        if n.endswith("/.hoodie/hoodie.properties")
-    }
-    return sorted(names)
+    lake = settings.table_path("").rstrip("/")
+    return Store(settings).folders_holding(lake, ".hoodie/hoodie.properties")
