@@ -125,7 +125,7 @@ def paced_publish(
     producer.close()
 
 
-def session(settings: Settings) -> SparkSession:
+def session(settings: Settings, extra: dict[str, str] | None = None) -> SparkSession:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["TZ"] = "UTC"  # Hudi's instant times are the JVM's local time
     creds = settings.s3_credentials()  # S3A reads them from the JVM's environment
@@ -135,6 +135,7 @@ def session(settings: Settings) -> SparkSession:
         **session_conf(settings, "sql"),
         "spark.master": "local[2]",
         "spark.app.name": "bench-bronze",
+        **(extra or {}),
     }
     builder = SparkSession.builder
     for key, value in conf.items():

@@ -15,17 +15,22 @@ batch as in bench-bronze, one SparkSession local[2], nothing else running.
    the raw records, the envelope, each route's parse, a route's held frame
    (as the job holds it), the count over the held routes.
 3. The driver JVM's CPU over the batches (/proc), against their wall time.
+4. With `--timeline`: the last batch's Spark jobs in order (from Spark's event
+   log): when each started after the batch did, how long it ran, its tasks,
+   and the driver-only time between them (planning, Hudi's driver work).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -101,7 +106,10 @@ def cpu_seconds(spark: SparkSession) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batches(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
+def batches(
+    spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any
+) -> tuple[float, float]:
+    """Runs the batches; the last one's start and end (epoch ms)."""
     timed = Timed()
     # The counting job is the batch's collect (and the sequence guards' first read of a
     # date, in the first batch); the commits are write_batch.
@@ -110,14 +118,17 @@ def batches(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: An
     rows = kafka_rows(settings, lane.reads, args.records * args.batches)
     call = bronze.BronzeBatch(settings, lane)
     wall = cpu = 0.0
+    last = (0.0, 0.0)
     print("batch | bronze s | of it: count job, commits | same records as Parquet s", flush=True)
     for n in range(args.batches):
         part = rows[n * args.records : (n + 1) * args.records]
         df = spark.createDataFrame(part, KAFKA_ROWS).repartition(3).cache()
         df.count()
         started, cpu_started = time.perf_counter(), cpu_seconds(spark)
+        began_ms = time.time() * 1000
         call(df, n)
         took = time.perf_counter() - started
+        last = (began_ms, time.time() * 1000)
         if n > 0:  # the first batch creates the tables and warms the JVM
             wall += took
             cpu += cpu_seconds(spark) - cpu_started
@@ -133,6 +144,42 @@ def batches(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: An
         df.unpersist()
     if wall:
         print(f"driver JVM after the first batch: {cpu / wall:.2f} cores over {wall:.1f} s")
+    return last
+
+
+def timeline(events: Path, start_ms: float, end_ms: float) -> None:
+    """The jobs Spark's event log holds between start_ms and end_ms, with the gaps."""
+    jobs: dict[int, dict[str, Any]] = {}
+    for log in events.iterdir():
+        for line in log.open():
+            event = json.loads(line)
+            kind = event["Event"]
+            if kind == "SparkListenerJobStart":
+                stages = event["Stage Infos"]
+                jobs[event["Job ID"]] = {
+                    "start": event["Submission Time"],
+                    "tasks": sum(s["Number of Tasks"] for s in stages),
+                    "name": stages[-1]["Stage Name"] if stages else "",
+                }
+            elif kind == "SparkListenerJobEnd" and event["Job ID"] in jobs:
+                jobs[event["Job ID"]]["end"] = event["Completion Time"]
+    within = sorted(
+        (j for j in jobs.values() if start_ms <= j["start"] <= end_ms and "end" in j),
+        key=lambda j: j["start"],
+    )
+    print(f"\nthe last batch's jobs ({(end_ms - start_ms) / 1000:.2f} s; ms after its start):")
+    print("start | ran | tasks | driver only before it | job")
+    free_until, driver_only = start_ms, 0.0
+    for job in within:
+        gap = max(0.0, job["start"] - free_until)
+        driver_only += gap
+        print(
+            f"{job['start'] - start_ms:.0f} | {job['end'] - job['start']:.0f} | {job['tasks']} | "
+            f"{gap:.0f} | {job['name'][:70]}"
+        )
+        free_until = max(free_until, job["end"])
+    driver_only += max(0.0, end_ms - free_until)
+    print(f"no job running (the driver's own work): {driver_only / 1000:.2f} s")
 
 
 def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
@@ -181,18 +228,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lane", choices=("bronze", "bronze_fast"), default="bronze")
     parser.add_argument("--batches", type=int, default=4, help="batches (the first is warm-up)")
     parser.add_argument("--records", type=int, default=50_000, help="records a batch")
+    parser.add_argument("--timeline", action="store_true", help="the last batch's jobs")
     args = parser.parse_args(argv)
     shutil.rmtree(STATE, ignore_errors=True)
     write_test_conf(STATE / "conf", for_tests=False)
     settings = load_settings(STATE / "conf", {**os.environ, "STATE_DIR": str(STATE)})
-    spark = session(settings)
+    events = STATE / "events"
+    events.mkdir(parents=True)
+    extra = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events)}
+    spark = session(settings, extra if args.timeline else None)
     spark.sparkContext.setLogLevel("ERROR")
     lane = next(lane for lane in bronze.lanes(settings) if lane.query == args.lane)
     try:
-        batches(spark, settings, lane, args)
+        last = batches(spark, settings, lane, args)
         pieces(spark, settings, lane, args)
     finally:
-        spark.stop()
+        spark.stop()  # closes the event log
+    if args.timeline:
+        timeline(events, *last)
     return 0
 
 
