@@ -234,9 +234,11 @@ def main(argv: list[str]) -> int:
     write_test_conf(STATE / "conf", for_tests=False)
     settings = load_settings(STATE / "conf", {**os.environ, "STATE_DIR": str(STATE)})
     events = STATE / "events"
-    events.mkdir(parents=True)
-    extra = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events)}
-    spark = session(settings, extra if args.timeline else None)
+    extra = None
+    if args.timeline:
+        events.mkdir(parents=True)
+        extra = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events)}
+    spark = session(settings, extra)
     spark.sparkContext.setLogLevel("ERROR")
     lane = next(lane for lane in bronze.lanes(settings) if lane.query == args.lane)
     try:
