@@ -365,6 +365,28 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _uncounted(r: dict[str, Any]) -> str:
+    """The final minutes the freshness figures leave out (their commit archived), if any."""
+    fresh = r["freshness"]
+    if fresh.get("archived"):
+        return (
+            f" Not counted: {fresh['archived']:,} final minutes whose commit had left Hudi's "
+            "active timeline (archived) before the read, so when they became visible is not "
+            "known."
+        )
+    # Runs before the harness counted them: the window's minutes against those counted.
+    window = (r["minutes"] * 60 - r["warmup_s"]) // 60 - 2
+    expected = int(window * fresh.get("symbols", 0))
+    if "archived" not in fresh and r.get("soak") and fresh.get("bars", 0) < expected // 2:
+        return (
+            f" Only the last minutes are counted ({fresh.get('bars', 0):,} of about "
+            f"{expected:,} in the window): this run's harness took when a bar became visible "
+            "from Hudi's active timeline alone, which keeps the last 80 commits, and left out "
+            "the minutes whose commit had been archived, neither late nor fresh."
+        )
+    return ""
+
+
 def render(r: dict[str, Any]) -> str:
     name = r.get("name", "live")
     title = {
@@ -431,6 +453,7 @@ def render(r: dict[str, Any]) -> str:
         f"{fresh.get('final', 0):,} final, {fresh.get('not_final', 0):,} written but not "
         f"final, {fresh.get('missing', 0):,} never written; {fresh.get('filled', 0):,} of the "
         f"final ones trade-less."
+        + _uncounted(r)
         + (
             f" Trades counted: {rows.get('trades', 0):,} ({rows.get('not_seen_in_silver', 0):,} "
             f"never seen in silver, {rows.get('not_seen_in_gold', 0):,} never in gold; the "
