@@ -368,21 +368,23 @@ def main(argv: list[str]) -> int:
 def _uncounted(r: dict[str, Any]) -> str:
     """The final minutes the freshness figures leave out (their commit archived), if any."""
     fresh = r["freshness"]
-    if fresh.get("archived"):
+    if "archived" in fresh:
         return (
             f" Not counted: {fresh['archived']:,} final minutes whose commit had left Hudi's "
             "active timeline (archived) before the read, so when they became visible is not "
             "known."
+            if fresh["archived"]
+            else ""
         )
     # Runs before the harness counted them: the window's minutes against those counted.
     window = (r["minutes"] * 60 - r["warmup_s"]) // 60 - 2
     expected = int(window * fresh.get("symbols", 0))
-    if "archived" not in fresh and r.get("soak") and fresh.get("bars", 0) < expected // 2:
+    if r.get("soak") and fresh.get("bars", 0) < expected // 2:
         return (
             f" Only the last minutes are counted ({fresh.get('bars', 0):,} of about "
             f"{expected:,} in the window): this run's harness took when a bar became visible "
-            "from Hudi's active timeline alone, which keeps the last 80 commits, and left out "
-            "the minutes whose commit had been archived, neither late nor fresh."
+            "from Hudi's active timeline alone, which keeps only the latest commits, and left "
+            "out the minutes whose commit had been archived, neither late nor fresh."
         )
     return ""
 
