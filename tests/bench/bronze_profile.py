@@ -5,8 +5,9 @@
 A profile, not a benchmark (nothing is written to docs/bench): it explains
 bench-bronze's throughput figure. The records are bench-bronze's backlog (the
 real BTCUSDT + ETHUSDT capture, looped; for the bulk lane 88% book tickers,
-12% diff depth), built as Kafka rows in memory (no broker), `--records` a
-batch as in bench-bronze, one SparkSession local[2], nothing else running.
+12% diff depth), built as Kafka rows in memory (no broker), in as many partitions
+as the lane's topics have, `--records` a batch as in bench-bronze, one
+SparkSession local[2], nothing else running.
 
 1. Each batch through the lane's BronzeBatch (the counting job, which parses
    and fills the held frames, and the Hudi commits timed apart), then the same
@@ -78,6 +79,11 @@ def kafka_rows(settings: Settings, reads: tuple[str, ...], count: int) -> list[t
     return rows
 
 
+def partitions(settings: Settings, lane: bronze.Lane) -> int:
+    """The Kafka partitions of the lane's topics: the partitions of a batch it reads."""
+    return sum(settings.pipeline.kafka.topics[kind].partitions for kind in lane.reads)
+
+
 class Timed:
     """Seconds spent in wrapped functions, by name, since the last `take`."""
 
@@ -122,7 +128,7 @@ def batches(
     print("batch | bronze s | of it: count job, commits | same records as Parquet s", flush=True)
     for n in range(args.batches):
         part = rows[n * args.records : (n + 1) * args.records]
-        df = spark.createDataFrame(part, KAFKA_ROWS).repartition(3).cache()
+        df = spark.createDataFrame(part, KAFKA_ROWS).repartition(partitions(settings, lane)).cache()
         df.count()
         started, cpu_started = time.perf_counter(), cpu_seconds(spark)
         began_ms = time.time() * 1000
@@ -184,7 +190,7 @@ def timeline(events: Path, start_ms: float, end_ms: float) -> None:
 
 def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
     rows = kafka_rows(settings, lane.reads, args.records)
-    df = spark.createDataFrame(rows, KAFKA_ROWS).repartition(3).cache()
+    df = spark.createDataFrame(rows, KAFKA_ROWS).repartition(partitions(settings, lane)).cache()
     df.count()
     topics = settings.pipeline.kafka.topics
     envelope = with_envelope({spec.name: kind for kind, spec in topics.items()})
