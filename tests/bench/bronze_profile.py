@@ -5,9 +5,11 @@
 A profile, not a benchmark (nothing is written to docs/bench): it explains
 bench-bronze's throughput figure. The records are bench-bronze's backlog (the
 real BTCUSDT + ETHUSDT capture, looped; for the bulk lane 88% book tickers,
-12% diff depth), built as Kafka rows in memory (no broker), in as many partitions
-as the lane's topics have, `--records` a batch as in bench-bronze, one
-SparkSession local[2], nothing else running.
+12% diff depth), built as Kafka rows in memory (no broker), each in the partition
+of its topic that the producer's client gives its key (a Spark partition per
+topic partition, as the Kafka source reads them: a topic's records are not spread
+evenly), `--records` a batch as in bench-bronze, one SparkSession local[2],
+nothing else running.
 
 1. Each batch through the lane's BronzeBatch (the counting job, which parses
    and fills the held frames, and the Hudi commits timed apart), then the same
@@ -30,6 +32,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ def kafka_rows(settings: Settings, reads: tuple[str, ...], count: int) -> list[t
     share = sum(stream_kind(f.stream.split("@", 1)[1]) in reads for f in capture) / len(capture)
     now = time.time_ns()
     rows: list[tuple[Any, ...]] = []
+    offsets: dict[tuple[str, int], int] = {}
     for frame in looped_frames(int(count / share) + len(capture)):
         kind = stream_kind(frame.stream.split("@", 1)[1])
         if kind not in reads:
@@ -71,17 +75,45 @@ def kafka_rows(settings: Settings, reads: tuple[str, ...], count: int) -> list[t
             ("clock_offset_ns", str(frame.recv_ns - now).encode()),
         ]
         symbol = frame.stream.split("@", 1)[0].upper().encode()
+        # The partition the producer's client gives a keyed record (librdkafka's
+        # default partitioner: CRC32 of the key), and the next offset there.
+        partition = zlib.crc32(symbol) % settings.pipeline.kafka.topics[kind].partitions
+        offset = offsets[(kind, partition)] = offsets.get((kind, partition), -1) + 1
         rows.append(
-            (symbol, frame.raw, topics[kind], 0, len(rows), dt.datetime(2024, 8, 9), 0, headers)
+            (
+                symbol,
+                frame.raw,
+                topics[kind],
+                partition,
+                offset,
+                dt.datetime(2024, 8, 9),
+                0,
+                headers,
+            )
         )
         if len(rows) == count:
             break
     return rows
 
 
-def partitions(settings: Settings, lane: bronze.Lane) -> int:
-    """The Kafka partitions of the lane's topics: the partitions of a batch it reads."""
-    return sum(settings.pipeline.kafka.topics[kind].partitions for kind in lane.reads)
+def kafka_batch(
+    spark: SparkSession, settings: Settings, lane: bronze.Lane, rows: list[tuple[Any, ...]]
+) -> DataFrame:
+    """`rows` as the Kafka source reads them: a Spark partition per topic partition of
+    the lane's topics, holding that partition's records (none where no key hashes to
+    it), cached."""
+    parts = []
+    for kind in lane.reads:
+        name = settings.pipeline.kafka.topics[kind].name
+        for partition in range(settings.pipeline.kafka.topics[kind].partitions):
+            records = [r for r in rows if r[2] == name and r[3] == partition]
+            parts.append(spark.createDataFrame(records, KAFKA_ROWS).coalesce(1))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.union(part)
+    out = out.cache()
+    out.count()
+    return out
 
 
 class Timed:
@@ -128,8 +160,7 @@ def batches(
     print("batch | bronze s | of it: count job, commits | same records as Parquet s", flush=True)
     for n in range(args.batches):
         part = rows[n * args.records : (n + 1) * args.records]
-        df = spark.createDataFrame(part, KAFKA_ROWS).repartition(partitions(settings, lane)).cache()
-        df.count()
+        df = kafka_batch(spark, settings, lane, part)
         started, cpu_started = time.perf_counter(), cpu_seconds(spark)
         began_ms = time.time() * 1000
         call(df, n)
@@ -190,8 +221,7 @@ def timeline(events: Path, start_ms: float, end_ms: float) -> None:
 
 def pieces(spark: SparkSession, settings: Settings, lane: bronze.Lane, args: Any) -> None:
     rows = kafka_rows(settings, lane.reads, args.records)
-    df = spark.createDataFrame(rows, KAFKA_ROWS).repartition(partitions(settings, lane)).cache()
-    df.count()
+    df = kafka_batch(spark, settings, lane, rows)
     topics = settings.pipeline.kafka.topics
     envelope = with_envelope({spec.name: kind for kind, spec in topics.items()})
 
