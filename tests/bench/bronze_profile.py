@@ -102,12 +102,14 @@ def kafka_batch(
     """`rows` as the Kafka source reads them: a Spark partition per topic partition of
     the lane's topics, holding that partition's records (none where no key hashes to
     it), cached."""
-    parts = []
-    for kind in lane.reads:
-        name = settings.pipeline.kafka.topics[kind].name
-        for partition in range(settings.pipeline.kafka.topics[kind].partitions):
-            records = [r for r in rows if r[2] == name and r[3] == partition]
-            parts.append(spark.createDataFrame(records, KAFKA_ROWS).coalesce(1))
+    by_partition: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_partition.setdefault((row[2], row[3]), []).append(row)
+    parts = [
+        spark.createDataFrame(by_partition.get((topic.name, p), []), KAFKA_ROWS).coalesce(1)
+        for topic in (settings.pipeline.kafka.topics[kind] for kind in lane.reads)
+        for p in range(topic.partitions)
+    ]
     out = parts[0]
     for part in parts[1:]:
         out = out.union(part)
