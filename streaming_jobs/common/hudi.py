@@ -58,8 +58,11 @@ class WritePath:
     - small_file_mb: base files under this size take a commit's new rows
       (rewritten whole on copy-on-write); 0: every commit writes new files;
     - cluster_every / sort_by: every N commits, rewrite the small files of
-      the table into large ones sorted by these columns (inline clustering),
-      so readers skip by the files' column statistics;
+      the table into large ones sorted by these columns, so readers skip by
+      the files' column statistics. The writer only plans it (a listing and
+      a plan file); `cluster_pending` runs the plan apart from the batches
+      (common/upkeep.py: a thread of the layer's driver), so a batch never
+      waits for the rewrite;
     - combine: an upsert first merges the copies of a key within the commit
       (a shuffle of Hudi's records); False only where the writer makes one row
       per key itself.
@@ -111,8 +114,18 @@ class WritePath:
         if self.cluster_every:
             out.update(
                 {
-                    "hoodie.clustering.inline": "true",
-                    "hoodie.clustering.inline.max.commits": str(self.cluster_every),
+                    # Inline, the batch that reached N commits rewrote the day's small
+                    # files before it returned: bronze_fast's batch took 11-38 s
+                    # instead of 1-2 (make bench-live, 2026-12-07), the tail of every
+                    # trade's latency. Planned inline, run by the upkeep thread.
+                    "hoodie.clustering.inline": "false",
+                    "hoodie.clustering.schedule.inline": "true",
+                    "hoodie.clustering.async.max.commits": str(self.cluster_every),
+                    # The writer and the upkeep thread are two write clients of one
+                    # table in one JVM: Hudi's single writer with async table
+                    # services (its eager rollback of failed writes leaves a pending
+                    # clustering alone), their commits guarded by the JVM's lock.
+                    "hoodie.write.lock.provider": _IN_PROCESS_LOCK,
                     "hoodie.clustering.plan.strategy.small.file.limit": str(
                         self.cluster_small_file_mb * _MB
                     ),
@@ -127,6 +140,8 @@ class WritePath:
                 out[key] = str(self.parallelism)
         return out
 
+
+_IN_PROCESS_LOCK = "org.apache.hudi.client.transaction.lock.InProcessLockProvider"
 
 # Rows that change, each key looked up in the bloom filters of the files of the
 # partitions a commit touches, and those files rewritten (copy-on-write).
@@ -403,6 +418,48 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     if not fs.exists(timeline):
         return False
     return any(_COMPLETED.match(s.getPath().getName()) for s in fs.listStatus(timeline))
+
+
+_PLANNED = re.compile(r"^([0-9]{17})\.clustering\.requested$")
+_REPLACED = re.compile(r"^([0-9]{17})_[0-9]{17}\.replacecommit$")
+
+
+def pending_clustering(spark: SparkSession, path: str) -> list[str]:
+    """The instants of the table's clustering plans not yet completed, oldest first
+    (one listing of its timeline; none where no table is)."""
+    fs, root = _fs_path(spark, path)
+    timeline = root.suffix("/.hoodie/timeline")
+    if not fs.exists(timeline):
+        return []
+    names = [s.getPath().getName() for s in fs.listStatus(timeline)]
+    planned = {m.group(1) for m in map(_PLANNED.match, names) if m}
+    done = {m.group(1) for m in map(_REPLACED.match, names) if m}
+    return sorted(planned - done)
+
+
+def cluster_pending(spark: SparkSession, table: HudiTable, path: str) -> list[str]:
+    """Run the clustering plans the table's writer left pending; the instants run.
+
+    With the table's own write options (cleaning, archiving, markers, the lock
+    shared with its writer), so this client keeps what the writer keeps. A plan
+    left in flight by a killed driver is rolled back and run again.
+    """
+    pending = pending_clustering(spark, path)
+    if not pending:
+        return []
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    meta = meta_client(spark, path)
+    schema = jvm.org.apache.hudi.common.table.TableSchemaResolver(meta).getTableAvroSchema(False)
+    client = jvm.org.apache.hudi.DataSourceUtils.createHoodieClient(
+        spark.sparkContext._jsc, schema.toString(), path, table.name, write_options(table)
+    )
+    try:
+        for instant in pending:
+            client.cluster(instant, True)
+    finally:
+        client.close()
+    return pending
 
 
 # Hudi writes hoodie.properties after its folders, before any commit; while it

@@ -34,10 +34,12 @@ _INSTANT_FORMAT = "%Y%m%d%H%M%S%f"  # an instant's time, as Hudi names its files
 # Completed instants: <requested>_<completed>.commit in Hudi 1.x timelines.
 _INSTANT = re.compile(r"(?:^|/)([0-9]{17})(?:_([0-9]{17}))?\.(commit|deltacommit|replacecommit)$")
 # Writes begun: <instant>.commit.requested, then <instant>.inflight (1.x names); inline
-# clustering and compaction: <instant>.clustering|compaction.requested|inflight.
+# compaction: <instant>.compaction.requested|inflight. Not clustering: it brings no
+# rows, and its plans wait for the layer's upkeep (common/upkeep.py), so a stopped
+# layer may leave one planned or half run, to be run by its next driver.
 _PENDING = re.compile(
     r"(?:^|/)([0-9]{17})\.(?:inflight|"
-    r"(?:commit|deltacommit|replacecommit|clustering|compaction)\.(?:requested|inflight))$"
+    r"(?:commit|deltacommit|replacecommit|compaction)\.(?:requested|inflight))$"
 )
 
 

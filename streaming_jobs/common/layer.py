@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from streaming_jobs.common import metrics, s3
 from streaming_jobs.common.hudi import LayoutError, check_layouts, clear_cut_short_creation
 from streaming_jobs.common.settings import Settings, load_settings
+from streaming_jobs.common.upkeep import Upkeep
 
 Start = Callable[[SparkSession, Settings, bool], Any]
 EX_CONFIG = 78  # the supervisor does not restart a job that exits with it
@@ -65,8 +66,11 @@ def run_layer(
                 "no commit); the next batch creates the table",
                 table.name,
             )
+    registry = None
     if not args.once:  # before the queries start, so the listener sees them start
-        metrics.serve(spark, layer, settings.services.host, settings.layer(layer).metrics_port)
+        registry = metrics.serve(
+            spark, layer, settings.services.host, settings.layer(layer).metrics_port
+        )
     if prepare is not None:
         prepare(spark, settings)
     started = start(spark, settings, args.once)
@@ -78,7 +82,17 @@ def run_layer(
             "until caught up" if args.once else "continuous",
             settings.table_path(""),
         )
-    await_all(spark, queries)
+    # The clustering the layer's writers plan, run apart from their batches; --once
+    # runs what they left planned once the queries have caught up.
+    upkeep = Upkeep(spark, settings, layer, written_by(layer), registry)
+    if not args.once:
+        upkeep.start()
+    try:
+        await_all(spark, queries)
+    finally:
+        upkeep.stop()
+    if args.once:
+        upkeep.run_once()
     return 0
 
 

@@ -14,6 +14,7 @@ spark.sql.streaming.noDataProgressEventInterval), so the driver serves on
     lakehouse_query_kafka_lag_records{layer,query}                 Kafka sources: latest - read
     lakehouse_query_active{layer,query}                            1 running, 0 terminated
     lakehouse_supervisor_restarts{service}                         infra/supervise.py's count
+    lakehouse_clustering_*{layer,table}                            common/upkeep.py
 
 The alerting rules on them are in infra/prometheus/alerts.yml.
 """
@@ -117,8 +118,9 @@ class QueryMetrics(StreamingQueryListener):
         self.active.labels(self.layer, self._name(event.id)).set(0)
 
 
-def serve(spark: SparkSession, layer: str, host: str, port: int) -> None:
-    """Register the listener and serve /metrics on host:port (a busy port is logged, not fatal)."""
+def serve(spark: SparkSession, layer: str, host: str, port: int) -> CollectorRegistry:
+    """Register the listener and serve /metrics on host:port (a busy port is logged, not fatal);
+    the registry, for the driver's other metrics (common/upkeep.py)."""
     registry = CollectorRegistry()
     spark.streams.addListener(QueryMetrics(layer, registry))
     supervisor_restarts(registry, os.environ)
@@ -131,5 +133,6 @@ def serve(spark: SparkSession, layer: str, host: str, port: int) -> None:
             port,
             err,
         )
-        return
+        return registry
     log.info("metrics: http://%s:%s/metrics", host, port)
+    return registry

@@ -9,23 +9,30 @@ from the checkpoint reads only new offsets; the table reads back through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
+import threading
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
+from prometheus_client import CollectorRegistry
 from pyspark.sql import functions as F, types as T
 
 from producer.topics import admin_client
+from streaming_jobs.common import lakefiles
 from streaming_jobs.common.hudi import (
     HudiTable,
     WritePath,
     clear_cut_short_creation,
+    cluster_pending,
+    pending_clustering,
     read_stream,
     read_table,
     stream_batch,
@@ -35,6 +42,7 @@ from streaming_jobs.common.hudi import (
 )
 from streaming_jobs.common.s3 import S3Client
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings
+from streaming_jobs.common.upkeep import Upkeep
 
 PROOF_SCHEMA = T.StructType(
     [
@@ -44,6 +52,16 @@ PROOF_SCHEMA = T.StructType(
         T.StructField("version", T.LongType()),
         T.StructField("day", T.StringType()),
     ]
+)
+
+# bronze's immutable write path (bronze/tables.py), clustered every 3 commits.
+IMMUTABLE = WritePath(
+    operation="bulk_insert",
+    files_per_commit=1,
+    small_file_mb=0,
+    cluster_every=3,
+    cluster_small_file_mb=8,
+    sort_by=("symbol", "trade_id"),
 )
 
 
@@ -220,15 +238,7 @@ def test_a_stream_batch_is_the_rows_hudis_stream_gives(
     settings = load_settings(environ={**os.environ, "STORAGE": profile})
     name = f"stream_batch_{profile}_{uuid.uuid4().hex[:8]}"
     path, checkpoint = settings.table_path(name), settings.checkpoint_path(name)
-    immutable = WritePath(
-        operation="bulk_insert",
-        files_per_commit=1,
-        small_file_mb=0,
-        cluster_every=3,
-        cluster_small_file_mb=8,
-        sort_by=("symbol", "trade_id"),
-    )
-    table = HudiTable(name, ("symbol", "trade_id"), "version", ("day",), immutable)
+    table = HudiTable(name, ("symbol", "trade_id"), "version", ("day",), IMMUTABLE)
     batches: list[tuple[list[tuple[str, int]], list[tuple[str, int]] | None]] = []
 
     def commit(first: int, count: int, day: str = "2024-08-08") -> None:
@@ -262,8 +272,9 @@ def test_a_stream_batch_is_the_rows_hudis_stream_gives(
     commit(0, 5)
     commit(5, 5, day="2024-08-09")
     drain()
-    for first in (10, 15, 20, 25):  # the third commit of the table clusters it
+    for first in (10, 15, 20, 25):  # the third commit of the table plans a clustering
         commit(first, 5)
+    assert cluster_pending(spark, table, path)  # as the layer's upkeep runs it
     drain()
     actions = {s.getPath().getName().rsplit(".", 1)[-1] for s in _timeline(spark, path)}
     assert "replacecommit" in actions, actions
@@ -278,3 +289,86 @@ def _timeline(spark: Any, path: str) -> list[Any]:
     jvm = spark.sparkContext._jvm
     root = jvm.org.apache.hadoop.fs.Path(path + "/.hoodie/timeline")
     return list(root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).listStatus(root))
+
+
+def test_clustering_runs_apart_from_the_writer_and_loses_nothing(spark: Any) -> None:
+    """The writer only plans the clustering (its commit returns without rewriting
+    anything); the plan runs apart (common/upkeep.py) while the writer goes on
+    committing beside it. Every row is there once, before, during and after; the
+    packed files are gone from the table's current files, the new ones are not;
+    hudi-rs reads the table with the plan pending as Spark does. A plan that
+    cannot run is counted and logged, and the upkeep goes on."""
+    name = f"clustered_{uuid.uuid4().hex[:8]}"
+    settings = load_settings(environ={**os.environ, "STORAGE": "local"})
+    path = settings.table_path(name)
+    table = HudiTable(name, ("symbol", "trade_id"), "version", ("day",), IMMUTABLE)
+
+    def commit(first: int) -> None:
+        rows = [
+            (symbol, i, Decimal(f"{i}.5"), 1, "2024-08-08")
+            for i in range(first, first + 5)
+            for symbol in ("BTCUSDT", "ETHUSDT")
+        ]
+        write_batch(spark.createDataFrame(rows, PROOF_SCHEMA), table, path)
+
+    def keys() -> list[tuple[str, int]]:
+        rows = read_table(spark, path).select("symbol", "trade_id").collect()
+        return sorted((r.symbol, r.trade_id) for r in rows)
+
+    def expected(upto: int) -> list[tuple[str, int]]:
+        return sorted((s, i) for i in range(upto) for s in ("BTCUSDT", "ETHUSDT"))
+
+    for first in (0, 5, 10):
+        commit(first)
+    planned = pending_clustering(spark, path)
+    assert len(planned) == 1, planned  # planned by the third commit, not run
+    files_before = set(lakefiles.current_files(settings, name))
+    assert len(files_before) == 3
+    assert keys() == expected(15)
+    by_hudi_rs = lakefiles.latest_rows(settings, name, columns=["symbol", "trade_id"])
+    assert sorted((r["symbol"], r["trade_id"]) for r in by_hudi_rs) == expected(15)
+
+    ran: list[list[str]] = []
+    apart = threading.Thread(target=lambda: ran.append(cluster_pending(spark, table, path)))
+    apart.start()
+    for first in (15, 20):  # the writer goes on while the plan runs
+        commit(first)
+    apart.join(timeout=300)
+    assert not apart.is_alive()
+    assert ran == [planned]
+    assert pending_clustering(spark, path) == []
+    assert keys() == expected(25)
+    files_after = set(lakefiles.current_files(settings, name))
+    assert not files_before & files_after  # the three packed into one
+    assert len(files_after) == 3  # that one, and the two written beside the run
+
+    # A plan that cannot be read: the run fails, is counted, and the upkeep goes on.
+    broken = dataclasses.replace(table, name=f"{name}_broken")
+    for first in (0, 5, 10):
+        rows = [("BTCUSDT", i, Decimal("1.5"), 1, "2024-08-08") for i in range(first, first + 5)]
+        write_batch(
+            spark.createDataFrame(rows, PROOF_SCHEMA), broken, settings.table_path(broken.name)
+        )
+    (plan,) = pending_clustering(spark, settings.table_path(broken.name))
+    timeline = Path(settings.table_path(broken.name).removeprefix("file://"), ".hoodie/timeline")
+    (timeline / f"{plan}.clustering.requested").write_bytes(b"not a plan")
+    registry = CollectorRegistry()
+    upkeep = Upkeep(spark, settings, "test", [table, broken], registry)
+    assert upkeep.run_once() == 0
+    assert (
+        registry.get_sample_value(
+            "lakehouse_clustering_failures_total", {"layer": "test", "table": broken.name}
+        )
+        == 1
+    )
+    commit(25)  # the third commit since the last clustering plans the next one
+    commit(30)
+    commit(35)
+    assert upkeep.run_once() == 1
+    assert (
+        registry.get_sample_value(
+            "lakehouse_clustering_runs_total", {"layer": "test", "table": name}
+        )
+        == 1
+    )
+    assert keys() == expected(40)

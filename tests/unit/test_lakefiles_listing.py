@@ -66,3 +66,30 @@ def test_the_tables_are_the_folders_with_hoodie_properties(tmp_path: Path) -> No
     assert lakefiles.tables(settings) == ["bronze_trades", "silver_ohlcv"]
     empty = load_settings(PROJECT_ROOT / "conf", {"STATE_DIR": str(tmp_path / "none")})
     assert lakefiles.tables(empty) == []
+
+
+def test_a_clustering_plan_is_not_a_write_in_flight(tmp_path: Path) -> None:
+    """Names as Hudi 1.1.1 wrote them (a table clustered every 3 commits, the plan
+    run apart): a write begun is in flight; a clustering planned or half run is
+    not (it brings no rows, and a stopped layer may leave one for its next driver),
+    while its completed replacecommit is a completed instant."""
+    settings = load_settings(PROJECT_ROOT / "conf", {"STATE_DIR": str(tmp_path)})
+    timeline = Path(settings.table_path("bronze_trades").removeprefix("file://"), ".hoodie")
+    (timeline / "timeline").mkdir(parents=True)
+    for name in (
+        "20261207133607749.commit.requested",
+        "20261207133607749.inflight",
+        "20261207133607749_20261207133613428.commit",
+        "20261207133616972.clustering.requested",
+        "20261207133616972.clustering.inflight",
+        "20261207133616972_20261207133622253.replacecommit",
+        "20261207133617630.clustering.requested",  # planned, not yet run
+        "20261207133618001.clustering.requested",  # run by a driver killed midway
+        "20261207133618001.clustering.inflight",
+        "20261207133618887.commit.requested",  # a write in flight
+        "20261207133618887.inflight",
+    ):
+        (timeline / "timeline" / name).write_text("")
+    listed = lakefiles.timeline(settings, "bronze_trades")
+    assert listed.pending == {"20261207133618887"}
+    assert sorted(listed.completed) == ["20261207133607749", "20261207133616972"]
