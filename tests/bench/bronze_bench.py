@@ -44,11 +44,13 @@ from producer.replay.captures import Frame, merge_captures, plan_shifts, shifted
 from producer.topics import ensure_topics
 from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import start
+from streaming_jobs.catalog import written_by
 from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.kafka import read_topics
 from streaming_jobs.common.settings import PROJECT_ROOT, Settings, load_settings, stream_kind
 from streaming_jobs.common.spark import session_conf
+from streaming_jobs.common.upkeep import Upkeep
 from tests.bench.producer_bench import CAPTURES, memory_gb
 from tests.bench.results import kafka_running, publish_results
 from tests.conftest import write_test_conf
@@ -143,10 +145,17 @@ def session(settings: Settings, extra: dict[str, str] | None = None) -> SparkSes
     return builder.getOrCreate()
 
 
+def upkeep(spark: SparkSession, settings: Settings) -> Upkeep:
+    """Bronze's upkeep, as its driver runs it beside the queries (common/layer.py)."""
+    return Upkeep(spark, settings, "bronze", written_by("bronze"))
+
+
 def run_bronze(spark: SparkSession, settings: Settings) -> float:
+    """As `./spark-submit.sh bronze --once`: the queries, then the clustering they planned."""
     started = time.perf_counter()
     for query in start(spark, settings, once=True):
         query.awaitTermination()
+    upkeep(spark, settings).run_once()
     return time.perf_counter() - started
 
 
@@ -239,8 +248,10 @@ def paced_run(
     out = settings.state_dir / "pq"
     # The baseline runs on the trigger trades get in bronze.
     trigger = {"processingTime": trades_trigger(settings)}
+    beside = upkeep(spark, settings)
     if which == "bronze":
         queries: list[Any] = list(start(spark, settings))
+        beside.start()
     else:
         queries = [parquet_query(spark, settings, out, trigger)]
     # Warm-up: frames with ids after the paced run's, drained before it starts.
@@ -269,6 +280,7 @@ def paced_run(
     finally:
         for query in queries:
             query.stop()
+        beside.stop()
         child.join(timeout=30)
         if child.is_alive():
             child.kill()
