@@ -90,7 +90,9 @@ def run_layer(
     try:
         await_all(spark, queries)
     finally:
-        upkeep.stop()
+        # A failed query ends the driver at once: a clustering under way is left
+        # in flight, rolled back and run again by the next driver.
+        upkeep.stop(wait=False)
     if args.once:
         upkeep.run_once()
     return 0

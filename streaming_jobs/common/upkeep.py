@@ -82,9 +82,10 @@ class Upkeep:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """No new run starts; `wait`: for the one under way to end."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join()
 
     def _loop(self) -> None:
