@@ -85,16 +85,17 @@ def run_layer(
     # The clustering the layer's writers plan, run apart from their batches; --once
     # runs what they left planned once the queries have caught up.
     upkeep = Upkeep(spark, settings, layer, written_by(layer), registry)
-    if not args.once:
-        upkeep.start()
+    if args.once:
+        await_all(spark, queries)
+        upkeep.run_once()
+        return 0
+    upkeep.start()
     try:
         await_all(spark, queries)
     finally:
         # A failed query ends the driver at once: a clustering under way is left
         # in flight, rolled back and run again by the next driver.
         upkeep.stop(wait=False)
-    if args.once:
-        upkeep.run_once()
     return 0
 
 
