@@ -413,11 +413,16 @@ def table_exists(spark: SparkSession, path: str) -> bool:
 
     .hoodie appears when the first commit starts; readers must wait for it to complete.
     """
+    return any(map(_COMPLETED.match, _timeline_names(spark, path)))
+
+
+def _timeline_names(spark: SparkSession, path: str) -> list[str]:
+    """The file names in the table's timeline folder, one listing (none where no table is)."""
     fs, root = _fs_path(spark, path)
     timeline = root.suffix("/.hoodie/timeline")
     if not fs.exists(timeline):
-        return False
-    return any(_COMPLETED.match(s.getPath().getName()) for s in fs.listStatus(timeline))
+        return []
+    return [s.getPath().getName() for s in fs.listStatus(timeline)]
 
 
 _PLANNED = re.compile(r"^([0-9]{17})\.clustering\.requested$")
@@ -425,13 +430,8 @@ _REPLACED = re.compile(r"^([0-9]{17})_[0-9]{17}\.replacecommit$")
 
 
 def pending_clustering(spark: SparkSession, path: str) -> list[str]:
-    """The instants of the table's clustering plans not yet completed, oldest first
-    (one listing of its timeline; none where no table is)."""
-    fs, root = _fs_path(spark, path)
-    timeline = root.suffix("/.hoodie/timeline")
-    if not fs.exists(timeline):
-        return []
-    names = [s.getPath().getName() for s in fs.listStatus(timeline)]
+    """The instants of the table's clustering plans not yet completed, oldest first."""
+    names = _timeline_names(spark, path)
     planned = {m.group(1) for m in map(_PLANNED.match, names) if m}
     done = {m.group(1) for m in map(_REPLACED.match, names) if m}
     return sorted(planned - done)

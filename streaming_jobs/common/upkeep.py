@@ -73,14 +73,9 @@ class Upkeep:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"{layer}-upkeep", daemon=True)
 
-    @property
-    def tables(self) -> list[str]:
-        return [t.name for t, _ in self._tables]
-
-    def start(self) -> Upkeep:
+    def start(self) -> None:
         if self._tables:
             self._thread.start()
-        return self
 
     def stop(self, wait: bool = True) -> None:
         """No new run starts; `wait`: for the one under way to end."""
