@@ -437,14 +437,18 @@ def pending_clustering(spark: SparkSession, path: str) -> list[str]:
     return sorted(planned - done)
 
 
-def cluster_pending(spark: SparkSession, table: HudiTable, path: str) -> list[str]:
-    """Run the clustering plans the table's writer left pending; the instants run.
+def cluster_pending(
+    spark: SparkSession, table: HudiTable, path: str, pending: list[str] | None = None
+) -> list[str]:
+    """Run the clustering plans the table's writer left pending (or those of
+    `pending`, as pending_clustering listed them); the instants run.
 
     With the table's own write options (cleaning, archiving, markers, the lock
     shared with its writer), so this client keeps what the writer keeps. A plan
     left in flight by a killed driver is rolled back and run again.
     """
-    pending = pending_clustering(spark, path)
+    if pending is None:
+        pending = pending_clustering(spark, path)
     if not pending:
         return []
     jvm = spark.sparkContext._jvm

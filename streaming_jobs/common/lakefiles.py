@@ -41,6 +41,9 @@ _PENDING = re.compile(
     r"(?:^|/)([0-9]{17})\.(?:inflight|"
     r"(?:commit|deltacommit|replacecommit|compaction)\.(?:requested|inflight))$"
 )
+# A clustering run begun (its plan is <instant>.clustering.requested), completed as a
+# replacecommit of the same instant.
+_CLUSTERING = re.compile(r"(?:^|/)([0-9]{17})\.clustering\.inflight$")
 
 
 class Store:
@@ -118,6 +121,7 @@ class Timeline:
 
     completed: dict[str, int]  # instant -> the epoch ms it completed
     pending: frozenset[str]  # begun, neither completed nor rolled back: a write in flight
+    clustering: frozenset[str]  # clustering runs begun and not completed (or left by a kill)
 
 
 def timeline(settings: Settings, table: str) -> Timeline:
@@ -132,7 +136,8 @@ def timeline(settings: Settings, table: str) -> Timeline:
             stamp = dt.datetime.strptime(m.group(2), _INSTANT_FORMAT).replace(tzinfo=dt.UTC)
             completed[m.group(1)] = int(stamp.timestamp() * 1000)
     pending = {m.group(1) for n in names if (m := _PENDING.search(n))} - done
-    return Timeline(completed, frozenset(pending))
+    clustering = {m.group(1) for n in names if (m := _CLUSTERING.search(n))} - done
+    return Timeline(completed, frozenset(pending), frozenset(clustering))
 
 
 def pending_instants(settings: Settings, table: str) -> list[str]:

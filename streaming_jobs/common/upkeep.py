@@ -16,6 +16,7 @@ driver left in flight is rolled back and run again by the next driver.
     lakehouse_clustering_runs_total{layer,table}      plans run to completion
     lakehouse_clustering_failures_total{layer,table}  runs that raised
     lakehouse_clustering_seconds{layer,table}         the last run's duration
+    lakehouse_clustering_running{layer,table}         1 while a run is under way
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pyspark.sql import SparkSession
 
-from streaming_jobs.common.hudi import HudiTable, cluster_pending
+from streaming_jobs.common.hudi import HudiTable, cluster_pending, pending_clustering
 from streaming_jobs.common.settings import Settings
 from streaming_jobs.common.spark import in_pool
 
@@ -69,6 +70,12 @@ class Upkeep:
         self._seconds = Gauge(
             "lakehouse_clustering_seconds", "the last run's seconds", labels, registry=registry
         )
+        self._running = Gauge(
+            "lakehouse_clustering_running",
+            "1 while a clustering run is under way",
+            labels,
+            registry=registry,
+        )
         self._failed: dict[str, tuple[int, float]] = {}  # table -> failures in a row, retry at
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"{layer}-upkeep", daemon=True)
@@ -98,19 +105,26 @@ class Upkeep:
             if time.monotonic() < retry_at:
                 continue
             started = time.perf_counter()
+            running = self._running.labels(self._layer, table.name)
             try:
-                instants = cluster_pending(self._spark, table, path)
+                planned = pending_clustering(self._spark, path)
+                if not planned:
+                    self._failed.pop(table.name, None)
+                    continue
+                running.set(1)
+                instants = cluster_pending(self._spark, table, path, planned)
             except Exception:  # the thread outlives any failed run
                 wait = min(EVERY_S * 2**failures, BACKOFF_MAX_S)
                 self._failed[table.name] = (failures + 1, time.monotonic() + wait)
                 self._failures.labels(self._layer, table.name).inc()
                 log.exception("%s: clustering failed; tried again in %.0f s", table.name, wait)
                 continue
+            finally:
+                running.set(0)
             self._failed.pop(table.name, None)
-            if instants:
-                took = time.perf_counter() - started
-                ran += len(instants)
-                self._runs.labels(self._layer, table.name).inc(len(instants))
-                self._seconds.labels(self._layer, table.name).set(took)
-                log.info("%s: clustered %s in %.1f s", table.name, ",".join(instants), took)
+            took = time.perf_counter() - started
+            ran += len(instants)
+            self._runs.labels(self._layer, table.name).inc(len(instants))
+            self._seconds.labels(self._layer, table.name).set(took)
+            log.info("%s: clustered %s in %.1f s", table.name, ",".join(instants), took)
         return ran

@@ -4,8 +4,10 @@ Four kinds, as the issue names them:
 - websocket: the replay exchange drops the connection, announces
   `serverShutdown`, misses a pong, stalls (sends nothing, pings included), or
   the producer's compressed 24 h rollover comes due;
-- process: SIGKILL of the producer, the Kafka broker, MinIO, or a Spark
-  driver in the middle of a Hudi commit when one is in flight; supervised
+- process: SIGKILL of the producer, the Kafka broker, MinIO, a Spark
+  driver in the middle of a Hudi commit when one is in flight, or bronze's
+  driver in the middle of a clustering run (its upkeep thread rewriting a
+  table's small files beside the writer); supervised
   processes come back by themselves, Kafka and MinIO are started again by
   their infra scripts after an outage of a few seconds;
 - bad input: broken real frames sent by the exchange (the producer must
@@ -49,6 +51,9 @@ LAYER_TABLES = {
     "gold": ("gold_market_summary", "gold_correlation", "gold_risk", "gold_signals"),
 }
 RECOVERY_S = 180.0
+# Bronze's writers plan a clustering every 30 commits (about a minute at the fast
+# lane's pace); its upkeep runs each plan within 10 s.
+CLUSTERING_WAIT_S = 300.0
 FRAMES_PER_INJECTION = 3
 
 
@@ -139,6 +144,7 @@ class Faults:
                 f"kill_{layer}": ("process", (lambda layer=layer: self.kill_driver(layer)))
                 for layer in LAYERS
             },
+            "kill_bronze_clustering": ("process", lambda: self.kill_clustering("bronze")),
             "bad_frames_ws": ("bad input", self.bad_frames_ws),
             "bad_frames_kafka": ("bad input", self.bad_frames_kafka),
             "bad_config": ("bad config", self.bad_config),
@@ -256,17 +262,20 @@ class Faults:
         self.stack.must(name, "start")
         return {"outage_s": outage, "restart_s": round(time.monotonic() - started, 2)}
 
+    def _metrics(self, layer: str) -> dict[str, float]:
+        """The driver's /metrics ({} while it does not answer)."""
+        port = self.stack.settings.layer(layer).metrics_port
+        try:
+            return progress.scrape(f"http://{self.stack.settings.services.host}:{port}/metrics")
+        except ValueError:  # a page cut short by a kill
+            return {}
+
     def kill_driver(self, layer: str) -> dict[str, Any]:
         """SIGKILL a driver that is at work, while one of its commits is in flight if any is."""
-        port = self.stack.settings.layer(layer).metrics_port
-        url = f"http://{self.stack.settings.services.host}:{port}/metrics"
 
         def working() -> int | None:
             pid = self.stack.child(layer)
-            try:
-                active = progress.total(progress.scrape(url), "lakehouse_query_active")
-            except (OSError, ValueError):
-                return None
+            active = progress.total(self._metrics(layer), "lakehouse_query_active")
             return pid if active else None
 
         pid = await_value(f"{layer}'s queries running", working, RECOVERY_S)
@@ -286,6 +295,33 @@ class Faults:
             table = None
         sigkill(pid)
         return {"mid_commit": table is not None, "table": table}
+
+    def kill_clustering(self, layer: str) -> dict[str, Any]:
+        """SIGKILL a driver while its upkeep rewrites a table: the driver says a run is
+        under way (lakehouse_clustering_running) and the run has begun on the timeline."""
+        running = "lakehouse_clustering_running{"
+
+        def under_way() -> tuple[int, str] | None:
+            pid = self.stack.child(layer)
+            busy = [
+                name.split('table="', 1)[1].split('"', 1)[0]
+                for name, value in self._metrics(layer).items()
+                if name.startswith(running) and value == 1
+            ]
+            for table in busy:
+                try:
+                    if pid and lakefiles.timeline(self.stack.settings, table).clustering:
+                        return pid, table
+                except S3Error:  # MinIO just restarted
+                    continue
+            return None
+
+        started = time.monotonic()
+        pid, table = await_value(
+            f"a clustering run of {layer} under way", under_way, CLUSTERING_WAIT_S, poll_s=0.1
+        )
+        sigkill(pid)
+        return {"table": table, "waited_s": round(time.monotonic() - started, 2)}
 
     # -- bad input --
 

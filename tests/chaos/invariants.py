@@ -174,7 +174,12 @@ def check_recovery(result: RunResult) -> list[Check]:
     failed = [i for i in result.injections if i.problem]
     # The producer's restarts are awaited by its fault; a driver's are counted by
     # its supervisor, which runs from start to end.
-    kills = Counter(i.fault.removeprefix("kill_") for i in result.injections)
+    # kill_bronze and kill_bronze_clustering both kill bronze's driver.
+    kills = Counter(
+        i.fault.removeprefix("kill_").split("_")[0]
+        for i in result.injections
+        if i.fault.startswith("kill_")
+    )
     short = {
         layer: (result.restarts.get(layer, 0), kills[layer])
         for layer in LAYERS

@@ -22,6 +22,7 @@ WHAT = {
     "kill_kafka": "SIGKILL of the Kafka broker, restarted after an outage",
     "kill_minio": "SIGKILL of MinIO (the lake and checkpoints), restarted after an outage",
     "kill_bronze": "SIGKILL of the bronze driver, mid-commit when one is in flight",
+    "kill_bronze_clustering": "SIGKILL of the bronze driver while it runs a clustering plan",
     "kill_silver": "SIGKILL of the silver driver, mid-commit when one is in flight",
     "kill_gold": "SIGKILL of the gold driver, mid-commit when one is in flight",
     "bad_frames_ws": "fuzzed frames sent by the exchange (the producer quarantines them)",

@@ -36,6 +36,7 @@ ALL_FAULTS = (
     "kill_kafka",
     "kill_minio",
     "kill_bronze",
+    "kill_bronze_clustering",
     "kill_silver",
     "kill_gold",
     "bad_frames_ws",

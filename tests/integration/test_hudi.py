@@ -361,6 +361,8 @@ def test_clustering_runs_apart_from_the_writer_and_loses_nothing(spark: Any) -> 
         )
         == 1
     )
+    running = {"layer": "test", "table": broken.name}
+    assert registry.get_sample_value("lakehouse_clustering_running", running) == 0
     commit(25)  # the third commit since the last clustering plans the next one
     commit(30)
     commit(35)
