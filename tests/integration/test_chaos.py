@@ -1,4 +1,4 @@
-"""The chaos suite's bounded subset: one round of every fault on the demo's capture.
+"""The chaos suite's bounded subset: one round of the faults on the demo's capture.
 
 The stack runs on the tests' Kafka and MinIO (which it kills and restarts like
 the full suite), with topics of its own and its lake and checkpoints on
@@ -21,6 +21,11 @@ from tests.chaos.stack import Stack, Tuning, write_conf
 from tests.demo import CAPTURES, Demo
 
 SEED = 8
+# Every fault but the kill mid-clustering: bronze's writer plans a clustering every 30
+# fast-lane commits, 3-4 minutes on this loaded stack (185 s of waiting in one run),
+# which the round cannot add and stay within one loop of the capture. make chaos
+# runs it every round.
+FAULTS = tuple(f for f in ALL_FAULTS if f != "kill_bronze_clustering")
 
 
 def log(line: str) -> None:
@@ -42,7 +47,7 @@ def test_one_round_of_every_fault_loses_and_duplicates_nothing(
     conf = write_conf(Path(os.environ["LAKE_CONF_DIR"]), root / "conf", "chaos", "minio", tuning)
     stack = Stack({**os.environ, "LAKE_CONF_DIR": str(conf)}, tuning, log)
     # Speed 1: one loop of the capture (346 s) outlasts the round, as the demo played one.
-    plan = Plan(seed=SEED, rounds=1, speed="1", settle_s=900)
+    plan = Plan(seed=SEED, rounds=1, faults=FAULTS, speed="1", settle_s=900)
     try:
         result = run(stack, "chaos", plan, CAPTURES, root, log)
         # Each driver, restarted ones too, runs at its layer's CPU priority.
@@ -51,7 +56,7 @@ def test_one_round_of_every_fault_loses_and_duplicates_nothing(
         stack.stop()
     assert priorities == {layer: stack.settings.layer(layer).nice for layer in LAYERS}
     assert priorities["gold"] > 0, "the shipped conf lets gold yield to bronze and silver"
-    assert sorted(i.fault for i in result.injections) == sorted(ALL_FAULTS)
+    assert sorted(i.fault for i in result.injections) == sorted(FAULTS)
     failed = [f"{i.fault}: {i.problem}" for i in result.injections if i.problem]
     assert not failed, "\n".join(failed)
     assert result.loops_done == 1, "the round outlasted one loop of the capture: slow it down"
