@@ -107,12 +107,10 @@ class Upkeep:
             started = time.perf_counter()
             running = self._running.labels(self._layer, table.name)
             try:
-                planned = pending_clustering(self._spark, path)
-                if not planned:
-                    self._failed.pop(table.name, None)
-                    continue
-                running.set(1)
-                instants = cluster_pending(self._spark, table, path, planned)
+                instants = pending_clustering(self._spark, path)
+                if instants:
+                    running.set(1)
+                    cluster_pending(self._spark, table, path, instants)
             except Exception:  # the thread outlives any failed run
                 wait = min(EVERY_S * 2**failures, BACKOFF_MAX_S)
                 self._failed[table.name] = (failures + 1, time.monotonic() + wait)
@@ -122,9 +120,10 @@ class Upkeep:
             finally:
                 running.set(0)
             self._failed.pop(table.name, None)
-            took = time.perf_counter() - started
-            ran += len(instants)
-            self._runs.labels(self._layer, table.name).inc(len(instants))
-            self._seconds.labels(self._layer, table.name).set(took)
-            log.info("%s: clustered %s in %.1f s", table.name, ",".join(instants), took)
+            if instants:
+                took = time.perf_counter() - started
+                ran += len(instants)
+                self._runs.labels(self._layer, table.name).inc(len(instants))
+                self._seconds.labels(self._layer, table.name).set(took)
+                log.info("%s: clustered %s in %.1f s", table.name, ",".join(instants), took)
         return ran

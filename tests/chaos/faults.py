@@ -36,6 +36,7 @@ from kafka import KafkaProducer
 
 from producer.binance.streams import stream_groups
 from producer.router import Quarantined, Routed, Router
+from streaming_jobs.catalog import written_by
 from streaming_jobs.common import lakefiles, progress
 from streaming_jobs.common.s3 import S3Error
 from streaming_jobs.common.settings import PROJECT_ROOT
@@ -300,16 +301,14 @@ class Faults:
     def kill_clustering(self, layer: str) -> dict[str, Any]:
         """SIGKILL a driver while its upkeep rewrites a table: the driver says a run is
         under way (lakehouse_clustering_running) and the run has begun on the timeline."""
-        running = "lakehouse_clustering_running{"
 
         def under_way() -> tuple[int, str] | None:
             pid = self.stack.child(layer)
-            busy = [
-                name.split('table="', 1)[1].split('"', 1)[0]
-                for name, value in self._metrics(layer).items()
-                if name.startswith(running) and value == 1
-            ]
-            for table in busy:
+            samples = self._metrics(layer)
+            for table in (t.name for t in written_by(layer) if t.write.cluster_every):
+                running = f'lakehouse_clustering_running{{layer="{layer}",table="{table}"}}'
+                if samples.get(running) != 1:
+                    continue
                 try:
                     if pid and lakefiles.timeline(self.stack.settings, table).clustering:
                         return pid, table
