@@ -66,10 +66,17 @@ mapfile -t conf_args < <("$PY" -m streaming_jobs.common.spark "$layer")
 # up to 0.07 cores of a driver busy (silver's GC threads, make bench-cpu) with
 # nothing to collect concurrently. The demo at real speed (make bench-cpu):
 # the stack 1.19 -> 1.04 cores, its peak RSS 8,425 -> 6,400 MB.
+# The JIT stays tiered (C1 then C2): C1 alone (-XX:TieredStopAtLevel=1) cut the
+# compiler threads from 0.12 to 0.03 cores, but the tasks and the stream execution
+# thread ran 1.7x longer on C1's code: the demo's stack 0.90 -> 1.11 cores
+# (2026-12-07, same hour: LAKE_DRIVER_JAVA_OPTS=-XX:TieredStopAtLevel=1
+# python -m tests.bench.live_bench --capture demo --minutes 11 --warmup-s 480
+# --no-sampler, against the same command without it).
+# LAKE_DRIVER_JAVA_OPTS: further JVM options for every driver (a flag to try).
 submit=("$ROOT/.venv/bin/spark-submit"
   --master "${SPARK_MASTER:-local[2]}"
   --properties-file "$ROOT/conf/spark-defaults.conf"
-  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties -XX:+UseParallelGC"
+  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties -XX:+UseParallelGC ${LAKE_DRIVER_JAVA_OPTS:-}"
   --py-files "$ROOT/.build/streaming_jobs.zip"
   --conf "spark.local.dir=$scratch"
   "${conf_args[@]}"
