@@ -20,7 +20,9 @@ Freshness under live load is the live benchmark's (tests/bench/live_bench.py:
 the producer and every layer running).
 
 Reported: wall time, trades/s, silver / Spark's plain query, silver /
-DuckDB, the driver JVM's peak RSS.
+DuckDB, where silver's time goes (its batches' own log lines: the 1m
+summary job, state, the Hudi write, the rest), the driver JVM's peak RSS.
+Silver's first run is not timed: it warms the JVM its peers then run in.
 """
 
 from __future__ import annotations
@@ -147,11 +149,9 @@ class BatchSplit(logging.Handler):
         )
 
     def medians(self) -> dict[str, float]:
-        return {
-            part: round(statistics.median(r[part] for r in self.runs), 2)
-            for part in self.PARTS
-            if self.runs
-        }
+        if not self.runs:
+            return {}
+        return {p: round(statistics.median(r[p] for r in self.runs), 2) for p in self.PARTS}
 
 
 def main(argv: list[str]) -> int:
@@ -289,7 +289,8 @@ def render(report: dict[str, Any]) -> str:
                     "Where silver's time goes (median s over its timed runs, from its batches' "
                     "log lines): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in report["silver_split_s"].items())
-                    + " (summary: the 1m bars job, the peers' equal; state: bars, roll-ups and "
+                    + " (summary: reading the batch's trades and the 1m bars job, what Spark alone "
+                    "does; state: bars, roll-ups and "
                     "indicators in Python; write: the Hudi upsert; rest: the query's start, "
                     "its source's planning, the ledger).",
                     "",
