@@ -143,6 +143,10 @@ class BatchSplit(logging.Handler):
         self._batches = []
 
     def keep(self, wall_s: float) -> None:
+        if not self._batches:
+            raise RuntimeError(
+                "silver logged no batch line matching BatchSplit.LINE: its log changed"
+            )
         summed, state, written, total = (sum(b[i] for b in self._batches) for i in range(4))
         self.runs.append(
             {"summary": summed, "state": state, "write": written, "rest": wall_s - total}
@@ -289,10 +293,9 @@ def render(report: dict[str, Any]) -> str:
                     "Where silver's time goes (median s over its timed runs, from its batches' "
                     "log lines): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in report["silver_split_s"].items())
-                    + " (summary: reading the batch's trades and the 1m bars job, what Spark alone "
-                    "does; state: bars, roll-ups and "
-                    "indicators in Python; write: the Hudi upsert; rest: the query's start, "
-                    "its source's planning, the ledger).",
+                    + " (summary: reading the batch's trades and the 1m bars job, what Spark "
+                    "alone does; state: bars, roll-ups and indicators in Python; write: the "
+                    "Hudi upsert; rest: the query's start, its source's planning, the ledger).",
                     "",
                 ]
                 if report.get("silver_split_s")
