@@ -93,7 +93,7 @@ def migrate_table(spark: SparkSession, settings: Settings, table: HudiTable) -> 
 
     old = read_table(spark, path)
     rows = new_columns(table, old.select(*data_columns(old)))
-    options = {**write_options(table), "hoodie.datasource.write.operation": "bulk_insert"}
+    options = write_options(table, bulk=True)
     stamp = next(batch_stamps(spark, path), None)
     if stamp is not None:
         options[BATCH_KEY] = stamp

@@ -91,10 +91,13 @@ class WritePath:
         if self.cluster_every and not self.sort_by:
             raise ValueError("clustering needs the columns to sort by")
 
-    def options(self) -> dict[str, str]:
+    def options(self, bulk: bool = False) -> dict[str, str]:
+        """The write path's Hudi options; `bulk`: for a load of rows unique by key into a
+        table without commits (a migration's copy), a bulk_insert."""
+        operation = "bulk_insert" if bulk else self.operation
         out = {
             "hoodie.datasource.write.table.type": self.table_type,
-            "hoodie.datasource.write.operation": self.operation,
+            "hoodie.datasource.write.operation": operation,
             "hoodie.index.type": self.index,
             "hoodie.parquet.small.file.limit": str(self.small_file_mb * _MB),
             "hoodie.parquet.max.file.size": str(self.max_file_mb * _MB),
@@ -102,9 +105,15 @@ class WritePath:
         # An insert does not combine two copies of a key within a batch (Hudi's combine is a
         # shuffle of every record, +0.5 s a commit in make bench-write): the writers drop
         # repeats themselves, when their counts show any.
-        if self.operation == "bulk_insert":
+        if operation == "bulk_insert":
             out["hoodie.bulkinsert.sort.mode"] = "NONE"
-        if self.operation == "upsert" and not self.combine:
+        if operation != self.operation:
+            # Keys as the table's upserts make them. Spark's row writer renders a
+            # timestamp in a key as text ("open_time:2019-10-12 00:14:00.0"), the
+            # upserts' Avro records as microseconds ("open_time:1570839240000000"):
+            # an upsert would not find the key, and a reader would see both.
+            out["hoodie.datasource.write.row.writer.enable"] = "false"
+        if operation == "upsert" and not self.combine:
             out["hoodie.combine.before.upsert"] = "false"
         if self.index == "BUCKET":
             out["hoodie.bucket.index.num.buckets"] = str(self.buckets)
@@ -203,8 +212,11 @@ def current_batch(spark: SparkSession, query: str, batch_id: int) -> Batch:
     return Batch(query, run, batch_id)
 
 
-def write_options(table: HudiTable, batch: Batch | None = None) -> dict[str, str]:
-    """The Hudi writer options for one table; the only place they are assembled."""
+def write_options(
+    table: HudiTable, batch: Batch | None = None, bulk: bool = False
+) -> dict[str, str]:
+    """The Hudi writer options for one table (`bulk`: WritePath.options); the only place
+    they are assembled."""
     partitioned = bool(table.partition_by)
     key_generator = (
         "org.apache.hudi.keygen.ComplexKeyGenerator"
@@ -247,7 +259,7 @@ def write_options(table: HudiTable, batch: Batch | None = None) -> dict[str, str
         # file 440 KB, 431 KB of it the filter. The dynamic filter grows as
         # keys come (up to hoodie.bloom.index.filter.dynamic.max.entries).
         "hoodie.index.bloom.num_entries": "1000",
-        **table.write.options(),
+        **table.write.options(bulk),
     }
     if batch is not None:
         options[BATCH_KEY] = batch.stamp()

@@ -151,3 +151,21 @@ def test_an_old_layout_is_refused_then_migrated_row_for_row(
     ]
     assert sorted(p.name.split(".pre-")[0] for p in originals) == ["bronze_trades", "silver_ohlcv"]
     assert "rewritten and verified" in done.stdout
+
+    # The layers upsert into the copy: a bar written again replaces its row. (A copy
+    # whose keys were rendered another way, a timestamp as text instead of
+    # microseconds, kept both rows.)
+    stored = read_table(spark, bars_path)
+    bar = (
+        stored.orderBy("open_time")
+        .limit(1)
+        .select(*[c for c in stored.columns if not c.startswith("_hoodie_")])
+    )
+    again = bar.withColumn(
+        "close", (F.col("close") + 1).cast(bar.schema["close"].dataType)
+    ).withColumn("updated_ms", F.col("updated_ms") + 1)
+    upsert_batch(again, silver.OHLCV, bars_path)
+    after = rows(spark, bars_path, bar_columns)
+    assert len(after) == 300
+    changed = set(after) - set(before[1])
+    assert [(r[2], r[6]) for r in changed] == [(before[1][0][2], before[1][0][6] + 1)]
