@@ -19,7 +19,8 @@ bronze_trades (not timed); then, timed in the same run:
 Freshness under live load is the live benchmark's (tests/bench/live_bench.py:
 the producer and every layer running).
 
-Reported: wall time, trades/s, silver / Spark's plain query, silver /
+Silver's runs and Spark's plain query's take turns (the machine drifts
+between minutes). Reported: wall time, trades/s, silver / Spark's plain query, silver /
 DuckDB, where silver's time goes (its batches' own log lines: the 1m
 summary job, state, the Hudi write, the rest), the driver JVM's peak RSS.
 Silver's first run is not timed: it warms the JVM its peers then run in.
@@ -58,6 +59,9 @@ from tests.bench.results import (
 from tests.conftest import write_test_conf
 
 STATE = PROJECT_ROOT / ".state" / "bench-silver"
+# Silver and Spark's plain query, run in turns this many times each (the median):
+# their ratio moved by 0.1-0.3 between runs of 3 each.
+PAIRS = 5
 # The whole BTCUSDT + ETHUSDT recording (2024-08-08 23:54 .. 08-09 00:05).
 RECORDING = [
     PROJECT_ROOT / "producer" / "replay" / "captures" / f"spot_{s}_{d}.gz"
@@ -170,32 +174,50 @@ def main(argv: list[str]) -> int:
     trades = write_backlog(spark, settings.table_path(bronze.TRADES.name), args.loops)
     print(f"{trades:,} trades in bronze_trades", file=sys.stderr)
 
-    # Silver from an empty table, as often as its peers run (the median): each run
-    # starts without silver's table and checkpoint, so each is the whole backfill.
-    # One run before them, not timed with them: the peers below run in the JVM it
-    # warmed (its JIT, its loaded classes), so silver's figure is warm as theirs are.
+    exported = STATE / "trades-parquet"
+    read_table(spark, settings.table_path(bronze.TRADES.name)).select(
+        "symbol", "trade_id", "price", "qty", "trade_time", "is_buyer_maker"
+    ).write.parquet(str(exported))
+
+    # Silver from an empty table each time (without its table and checkpoint: each run
+    # is the whole backfill), taking turns with Spark's plain query, so that both meet
+    # the machine in the same state (it drifts by 10-30% within minutes). One silver
+    # run before them, not timed: the peers run in the JVM it warmed (its JIT, its
+    # loaded classes), so silver's figure is warm as theirs are.
     split = BatchSplit()
     logging.getLogger("silver").addHandler(split)
     logging.getLogger("silver").setLevel(logging.INFO)
-    silver_times = []
-    for run in range(TIMED_RUNS + 1):
+
+    def run_silver() -> float:
         for path in (settings.table_path(tables.OHLCV.name), settings.checkpoint_path("silver")):
             shutil.rmtree(path.removeprefix("file://"), ignore_errors=True)
         split.reset()
         started = time.perf_counter()
         query: Any = start(spark, settings, once=True)
         query.awaitTermination()
-        silver_times.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
         assert query.exception() is None
-        if run:
-            split.keep(silver_times[-1])
-    cold_s, silver_times = silver_times[0], silver_times[1:]
-    silver_s = statistics.median(silver_times)
+        return took
 
-    exported = STATE / "trades-parquet"
-    read_table(spark, settings.table_path(bronze.TRADES.name)).select(
-        "symbol", "trade_id", "price", "qty", "trade_time", "is_buyer_maker"
-    ).write.parquet(str(exported))
+    # Spark's floor on this machine: DuckDB's query in Spark, nothing else
+    # (no Hudi, no fills, roll-ups or indicators), in the warm session.
+    floor: list[Any] = []
+
+    def run_spark_floor() -> float:
+        started = time.perf_counter()
+        source = spark.read.parquet(str(exported))
+        floor[:] = B.minute_bars(B.trade_rows(source, "trades")).collect()
+        return time.perf_counter() - started
+
+    cold_s = run_silver()
+    silver_times, floor_times = [], []
+    for _ in range(PAIRS):
+        silver_times.append(run_silver())
+        split.keep(silver_times[-1])
+        floor_times.append(run_spark_floor())
+    silver_s = statistics.median(silver_times)
+    floor_s = statistics.median(floor_times)
+
     con = duckdb.connect()
     con.execute("SET threads = 2; SET TimeZone = 'UTC'")
     duck: list[Any] = []
@@ -204,15 +226,6 @@ def main(argv: list[str]) -> int:
         duck[:] = con.execute(DUCKDB_1M.format(path=exported)).fetchall()
 
     duckdb_s = median_time(run_duckdb)
-    # Spark's floor on this machine: DuckDB's query in Spark, nothing else
-    # (no Hudi, no fills, roll-ups or indicators), in the warm session.
-    floor: list[Any] = []
-
-    def run_spark_floor() -> None:
-        source = spark.read.parquet(str(exported))
-        floor[:] = B.minute_bars(B.trade_rows(source, "trades")).collect()
-
-    floor_s = median_time(run_spark_floor)
 
     silver_1m = {
         (r.symbol, r.open_ms): tuple(r)[2:]
@@ -247,6 +260,7 @@ def main(argv: list[str]) -> int:
         "real_1m_bars": len(silver_1m),
         "silver_s": silver_s,
         "silver_runs_s": [round(t, 2) for t in silver_times],
+        "spark_floor_runs_s": [round(t, 2) for t in floor_times],
         "silver_cold_s": round(cold_s, 2),
         "silver_split_s": split.medians(),
         "duckdb_1m_s": duckdb_s,
@@ -295,18 +309,26 @@ def render(report: dict[str, Any]) -> str:
                     + ", ".join(f"{k} {v:.2f}" for k, v in report["silver_split_s"].items())
                     + " (summary: reading the batch's trades and the 1m bars job, what Spark "
                     "alone does; state: bars, roll-ups and indicators in Python; write: the "
-                    "Hudi upsert; rest: the query's start, its source's planning, the ledger).",
+                    "Hudi upsert; rest: the query's start, its source's planning, the "
+                    "ledger).",
                     "",
                 ]
                 if report.get("silver_split_s")
                 else []
             ),
             (
-                f"Each: median of {TIMED_RUNS} runs (silver's from an empty table each time: "
+                f"Silver and Spark alone: median of {len(report['silver_runs_s'])} runs each "
+                "(silver's from an empty table each time: "
                 f"{', '.join(f'{t:g}' for t in report['silver_runs_s'])} s"
                 + (
+                    ", taking turns with Spark alone's: "
+                    f"{', '.join(f'{t:g}' for t in report['spark_floor_runs_s'])} s"
+                    if "spark_floor_runs_s" in report
+                    else ""
+                )
+                + (
                     f", after one untimed run that warmed the JVM for it and its peers: "
-                    f"{report['silver_cold_s']:g} s). "
+                    f"{report['silver_cold_s']:g} s); DuckDB: median of {TIMED_RUNS}. "
                     if "silver_cold_s" in report
                     else "). "
                 )
