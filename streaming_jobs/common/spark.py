@@ -16,7 +16,10 @@ fixture export from the settings.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +124,33 @@ def app_conf(settings: Settings, app: str) -> dict[str, str]:
 def session_conf(settings: Settings, app: str) -> dict[str, str]:
     """The whole conf of an app: defaults file plus derived values (for in-process sessions)."""
     return {**read_spark_defaults(), **app_conf(settings, app)}
+
+
+_LOCAL_MASTER = re.compile(r"^local(?:\[(\*|[0-9]+)(?:,[0-9]+)?\])?$")
+
+
+def slots_of(conf: Mapping[str, str], cpus: int, default: int) -> int:
+    """How many tasks an application with this conf runs at once: local[N]'s N (local:
+    1, local[*]: the machine's `cpus`), else its share of a cluster (executors x their
+    cores where spark.executor.instances is set, else spark.cores.max, a standalone
+    cluster's), else `default` (Spark's default parallelism)."""
+    local = _LOCAL_MASTER.match(conf.get("spark.master", ""))
+    if local:
+        count = local.group(1)
+        return 1 if count is None else cpus if count == "*" else max(1, int(count))
+    if "spark.executor.instances" in conf:
+        cores = int(conf.get("spark.executor.cores", "1"))
+        return max(1, int(conf["spark.executor.instances"]) * cores)
+    if "spark.cores.max" in conf:
+        return max(1, int(conf["spark.cores.max"]))
+    return max(1, default)
+
+
+def task_slots(spark: SparkSession) -> int:
+    """How many tasks the session's application runs at once (slots_of)."""
+    context = spark.sparkContext
+    conf = dict(context.getConf().getAll())
+    return slots_of(conf, os.cpu_count() or 1, context.defaultParallelism)
 
 
 def in_pool(spark: SparkSession, pool: str | None) -> None:

@@ -18,6 +18,7 @@ from streaming_jobs.common.settings import (
     load_settings,
     stream_kind,
 )
+from streaming_jobs.common.spark import read_spark_defaults, slots_of
 from streaming_jobs.gold.job import GoldBatch
 
 CONF = PROJECT_ROOT / "conf"
@@ -343,3 +344,28 @@ def test_cross_asset_analytics_cover_the_configured_tiers(conf_dir: Path) -> Non
         conf_dir / "pipeline.yaml", lambda d: d["streaming"]["gold"].update(cross_asset_tiers=[4])
     )
     assert "cross_asset_tiers must be tiers 1..3, got (4,)" in load_error(conf_dir)
+
+
+@pytest.mark.parametrize(
+    ("conf", "slots"),
+    [
+        ({"spark.master": "local"}, 1),
+        ({"spark.master": "local[2]"}, 2),
+        ({"spark.master": "local[*]"}, 8),
+        ({"spark.master": "local[3,2]"}, 3),  # 3 threads, 2 attempts per task
+        # local ignores the cluster's settings
+        ({"spark.master": "local[2]", "spark.cores.max": "6"}, 2),
+        ({"spark.master": "spark://host:7077", "spark.cores.max": "6"}, 6),
+        (
+            {"spark.master": "yarn", "spark.executor.instances": "3", "spark.executor.cores": "4"},
+            12,
+        ),
+        ({"spark.master": "k8s://https://host:443"}, 5),  # Spark's default parallelism
+    ],
+)
+def test_task_slots_follow_the_master(conf: dict[str, str], slots: int) -> None:
+    assert slots_of(conf, cpus=8, default=5) == slots
+
+
+def test_the_shipped_spark_defaults_run_two_tasks_at_once() -> None:
+    assert slots_of(read_spark_defaults(), cpus=64, default=64) == 2
