@@ -1,5 +1,5 @@
 """Several partitions per topic: key = symbol keeps each symbol in one partition and in
-order, and the bronze job reads the partitions in parallel.
+order, and the bronze job works each batch in as many tasks as its session runs at once.
 
 The cryptofeed capture of 2021-04-05 (tests/fixtures/cryptofeed/, provenance
 there) holds 10 symbols' aggTrade, bookTicker and diff-depth frames. The
@@ -22,6 +22,7 @@ from streaming_jobs.bronze import tables
 from streaming_jobs.bronze.job import ROUTES, lanes
 from streaming_jobs.common.hudi import read_table
 from streaming_jobs.common.settings import Settings
+from streaming_jobs.common.spark import task_slots
 from tests.integration.test_bronze import run_bronze
 from tests.integration.test_producer import Run, finished, make_run  # noqa: F401
 from tests.support import await_true
@@ -94,14 +95,18 @@ def test_six_partitions_keep_every_symbol_whole_and_in_order(
     # Ten symbols spread over the six partitions (by murmur2 of the key, as in Java).
     assert len(used["aggTrade"]) > 2 and len(used["bookTicker"]) > 2, used
 
-    # Bronze: each query reads with one task per partition holding records: its
-    # counting job reads the envelope and every route's rows of each such partition.
+    # Bronze: the Kafka source reads a task per partition holding records, and each
+    # query works its batch in no more tasks than the session runs at once: its
+    # counting job reads the envelope and every route's rows of each such task.
     run_ids = run_bronze(spark, run.settings)
+    slots = task_slots(spark)
     for lane, run_id in zip(lanes(run.settings), run_ids, strict=True):
         filled = filled_partitions(run.settings, lane.reads)
         parts = 1 + sum(route.topic in lane.reads for route in ROUTES)
         counts = task_counts(spark, run_id)
-        assert filled > 2 and filled * parts in counts, f"{lane.query}: {filled}, {counts}"
+        assert filled > slots > 1, f"{lane.query}: {filled} partitions, {slots} slots"
+        assert slots * parts in counts, f"{lane.query}: {slots}, {counts}"
+        assert filled * parts not in counts, f"{lane.query}: {filled}, {counts}"
 
     agg = read_table(spark, run.settings.table_path(tables.AGG_TRADES.name))
     rows = agg.select("symbol", "agg_trade_id", "kafka_partition", "kafka_offset").collect()
