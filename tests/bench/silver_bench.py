@@ -157,8 +157,6 @@ class BatchSplit(logging.Handler):
         )
 
     def medians(self) -> dict[str, float]:
-        if not self.runs:
-            return {}
         return {p: round(statistics.median(r[p] for r in self.runs), 2) for p in self.PARTS}
 
 
@@ -302,40 +300,19 @@ def render(report: dict[str, Any]) -> str:
             f"| Spark alone / DuckDB: the floor of any Spark job here | "
             f"{floor_s / duckdb_s:,.1f}x | |",
             "",
-            *(
-                [
-                    "Where silver's time goes (median s over its timed runs, from its batches' "
-                    "log lines): "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in report["silver_split_s"].items())
-                    + " (summary: reading the batch's trades and the 1m bars job, what Spark "
-                    "alone does; state: bars, roll-ups and indicators in Python; write: the "
-                    "Hudi upsert; rest: the query's start, its source's planning, the "
-                    "ledger).",
-                    "",
-                ]
-                if report.get("silver_split_s")
-                else []
-            ),
-            (
-                f"Silver and Spark alone: median of {len(report['silver_runs_s'])} runs each "
-                "(silver's from an empty table each time: "
-                f"{', '.join(f'{t:g}' for t in report['silver_runs_s'])} s"
-                + (
-                    ", taking turns with Spark alone's: "
-                    f"{', '.join(f'{t:g}' for t in report['spark_floor_runs_s'])} s"
-                    if "spark_floor_runs_s" in report
-                    else ""
-                )
-                + (
-                    f", after one untimed run that warmed the JVM for it and its peers: "
-                    f"{report['silver_cold_s']:g} s); DuckDB: median of {TIMED_RUNS}. "
-                    if "silver_cold_s" in report
-                    else "). "
-                )
-                if report.get("silver_runs_s")
-                else f"DuckDB and Spark alone: median of {TIMED_RUNS} runs each; silver: one "
-                "run, from an empty table. "
-            )
+            "Where silver's time goes (median s over its timed runs, from its batches' log "
+            "lines): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in report["silver_split_s"].items())
+            + " (summary: reading the batch's trades and the 1m bars job, what Spark alone "
+            "does; state: bars, roll-ups and indicators in Python; write: the Hudi upsert; "
+            "rest: the query's start, its source's planning, the ledger).",
+            "",
+            f"Silver and Spark alone: median of {len(report['silver_runs_s'])} runs each "
+            "(silver's from an empty table each time: "
+            f"{', '.join(f'{t:g}' for t in report['silver_runs_s'])} s, taking turns with "
+            f"Spark alone's: {', '.join(f'{t:g}' for t in report['spark_floor_runs_s'])} s, "
+            "after one untimed run that warmed the JVM for it and its peers: "
+            f"{report['silver_cold_s']:g} s); DuckDB: median of {TIMED_RUNS}. "
             + "Driver JVM peak RSS: "
             f"{report['driver_peak_rss_mb']:.0f} MB. Freshness under live load: the Live "
             "sections.",
